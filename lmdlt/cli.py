@@ -1,0 +1,192 @@
+"""The ``lmdlt`` command line: one subcommand per pipeline stage.
+
+Every Snakemake rule calls exactly one of these; each also runs by hand. Structured inputs
+(a stage's variant config) are passed as JSON strings.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _json(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {text[:80]!r}") from None
+
+
+def cmd_cache(a):
+    from .data.image_cache import build_image_cache
+    from .data.sources import source_from_config
+    from .io import provenance
+
+    src = source_from_config(a.dataset)
+    cfg = {"source": a.dataset["source"], "root": a.dataset.get("root"),
+           "options": a.dataset.get("options") or {}, "image_size": a.size}
+    n = build_image_cache(src, a.size, a.out, provenance("image_cache", cfg))
+    logging.info("cached %d images of %s at %s px in %s", n, src.name, a.size, a.out)
+
+
+def cmd_split(a):
+    from .data.sources import source_from_config
+    from .data.splits import build_split, split_counts, write_manifest
+    from .io import provenance
+
+    index = source_from_config(a.dataset).index()
+    table = build_split(index, a.split, a.seed)
+    cfg = {"dataset": a.dataset, "split": a.split}
+    digest = write_manifest(a.out, table, index.class_names, provenance("split", cfg, seed=a.seed))
+    logging.info("split hash %s\n%s", digest, split_counts(table, index.class_names).to_string())
+
+
+def cmd_show_split(a):
+    from .data.splits import read_manifest, split_counts
+
+    table, meta = read_manifest(a.manifest)
+    counts = split_counts(table, meta["class_names"])
+    print(f"split {a.manifest}\ncontent hash {meta['content_hash']}")
+    print(counts.to_string())
+    print(f"total: {dict(counts.sum())}")
+
+
+def cmd_train_stage1(a):
+    from .config import validate_variant
+    from .stage1.trainer import train_stage1
+
+    cfg = validate_variant("stage1", a.params)
+    train_stage1(a.split, a.images, cfg, a.seed, a.out, threads=a.threads, device=a.device)
+
+
+def cmd_extract(a):
+    from .features import extract_features
+
+    extract_features(a.checkpoint, a.split, a.images, a.out, threads=a.threads, device=a.device)
+
+
+def cmd_train_stage2(a):
+    from .config import validate_variant
+    from .stage2.runner import run_stage2
+
+    cfg = validate_variant("stage2", a.params)
+    run_stage2(a.features, cfg, a.seed, a.out, threads=a.threads)
+
+
+def cmd_evaluate(a):
+    from .metrics import evaluate_file
+
+    evaluate_file(a.predictions, a.groups, a.out, split=a.split_name)
+
+
+def cmd_report_table(a):
+    from .report.tables import write_table
+
+    write_table(a.rows, a.metrics, a.title, a.groups, a.out_md, a.out_csv)
+
+
+def cmd_report_figure(a):
+    from .report.figures import per_class_recall_figure
+
+    per_class_recall_figure(a.rows, a.out, a.title)
+
+
+def cmd_validate_config(a):
+    import yaml
+
+    from .config import load_config
+
+    print(yaml.safe_dump(load_config(a.config), sort_keys=False))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lmdlt", description=__doc__.splitlines()[0])
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help_):
+        s = sub.add_parser(name, help=help_, description=help_)
+        s.set_defaults(fn=fn)
+        return s
+
+    def torch_opts(s):
+        s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        s.add_argument("--device", default="auto", help="auto (CUDA if visible), cpu, cuda, cuda:N")
+
+    s = add("cache", cmd_cache, "decode and resize every image of a source once, into an HDF5 image cache")
+    s.add_argument("--dataset", type=_json, required=True, help="the config's dataset section (JSON)")
+    s.add_argument("--size", type=int, required=True, help="image side in pixels")
+    s.add_argument("--out", required=True)
+
+    s = add("split", cmd_split, "build a long-tailed split manifest (Parquet)")
+    s.add_argument("--dataset", type=_json, required=True, help="the config's dataset section (JSON)")
+    s.add_argument("--split", type=_json, required=True, help="the config's split section (JSON)")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", required=True)
+
+    s = add("show-split", cmd_show_split, "print a split manifest's per-class counts per split and its hash")
+    s.add_argument("manifest")
+
+    s = add("train-stage1", cmd_train_stage1, "stage 1: train an encoder + classifier")
+    s.add_argument("--split", required=True, help="split manifest (Parquet)")
+    s.add_argument("--images", required=True, help="image cache (HDF5)")
+    s.add_argument("--params", type=_json, required=True, help="the stage-1 variant's config (JSON)")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", required=True, help="checkpoint path (.pt)")
+    torch_opts(s)
+
+    s = add("extract", cmd_extract, "extract features, logits and labels of every split to HDF5")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--split", required=True)
+    s.add_argument("--images", required=True)
+    s.add_argument("--out", required=True)
+    torch_opts(s)
+
+    s = add("train-stage2", cmd_train_stage2, "stage 2: calibrate the classifier on cached features")
+    s.add_argument("--features", required=True)
+    s.add_argument("--params", type=_json, required=True, help="the stage-2 variant's config (JSON)")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", required=True, help="predictions (HDF5)")
+    s.add_argument("--threads", type=int, default=None)
+
+    s = add("evaluate", cmd_evaluate, "metrics of a features/predictions file on the test split")
+    s.add_argument("--predictions", required=True)
+    s.add_argument("--groups", type=_json, required=True, help="head/medium/tail rule (JSON)")
+    s.add_argument("--split-name", default="test")
+    s.add_argument("--out", required=True)
+
+    s = add("report-table", cmd_report_table, "results table (Markdown + CSV), mean +- std over seeds")
+    s.add_argument("--rows", type=_json, required=True)
+    s.add_argument("--metrics", type=_json, required=True)
+    s.add_argument("--groups", type=_json, required=True)
+    s.add_argument("--title", default="Results")
+    s.add_argument("--out-md", required=True)
+    s.add_argument("--out-csv", required=True)
+
+    s = add("report-figure", cmd_report_figure, "per-class recall figure")
+    s.add_argument("--rows", type=_json, required=True)
+    s.add_argument("--title", default="")
+    s.add_argument("--out", required=True)
+
+    s = add("validate-config", cmd_validate_config, "validate a config file and print it with defaults filled")
+    s.add_argument("config", type=Path)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        args.fn(args)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        logging.getLogger("lmdlt").error("%s", e)
+        print(f"lmdlt {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Config validation: JSON-schema with defaults filled, plus the checks a schema cannot express.
+
+The schema lives in ``workflow/schemas/config.schema.yaml``. Method-specific parameters
+(``stage1.<variant>.params``, ``stage2.<variant>.params``) are validated against the schema
+each registered method declares, so adding a method never touches the main schema.
+Every error names the offending key, e.g. ``stage1.ce.epochs: 'ten' is not of type 'integer'``.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+DEFAULT_SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A malformed config; the message names the key."""
+
+
+def _with_defaults(validator_class):
+    validate_props = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from validate_props(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_FillingValidator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _key(prefix: str, path) -> str:
+    parts = [prefix] if prefix else []
+    parts += [str(p) for p in path]
+    return ".".join(parts) or "<config>"
+
+
+def validate_against(instance: dict, schema: dict, prefix: str = "") -> dict:
+    """Fill defaults into ``instance`` in place and validate; raise ConfigError naming the key."""
+    errors = sorted(_FillingValidator(schema).iter_errors(instance), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        if e.validator == "additionalProperties":
+            extra = sorted(set(e.instance) - set(e.schema.get("properties", {})))
+            keys = ", ".join(_key(prefix, list(e.path) + [k]) for k in extra)
+            known = ", ".join(sorted(e.schema.get("properties", {}))) or "none"
+            raise ConfigError(f"unknown config key {keys} (allowed here: {known})")
+        raise ConfigError(f"{_key(prefix, e.path)}: {e.message}")
+    return instance
+
+
+def load_schema(path: str | Path = DEFAULT_SCHEMA) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def validate_config(config: dict, schema_path: str | Path = DEFAULT_SCHEMA) -> dict:
+    """Validate a whole pipeline config in place (defaults filled) and return it."""
+    from .data.samplers import available_samplers
+    from .data.sources import available_sources, get_source
+    from .data.splits import available_protocols
+    from .models import available_encoders
+    from .stage1 import get_method as get_stage1
+    from .stage2 import get_method as get_stage2
+
+    if not isinstance(config, dict):
+        raise ConfigError(f"the config must be a mapping, got {type(config).__name__}")
+    validate_against(config, load_schema(schema_path))
+
+    ds = config["dataset"]
+    if ds["source"] not in available_sources():
+        raise ConfigError(f"dataset.source: unknown source {ds['source']!r} "
+                          f"(known: {', '.join(available_sources())})")
+    try:
+        get_source(ds["source"], ds.get("root"), ds.get("options"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if config["split"]["protocol"] not in available_protocols():
+        raise ConfigError(f"split.protocol: unknown protocol {config['split']['protocol']!r} "
+                          f"(known: {', '.join(available_protocols())})")
+
+    for name, variant in config["stage1"].items():
+        key = f"stage1.{name}"
+        method = _lookup(get_stage1, variant["method"], f"{key}.method")
+        validate_against(variant.setdefault("params", {}), method.params_schema(), f"{key}.params")
+        if variant["model"]["arch"] not in available_encoders():
+            raise ConfigError(f"{key}.model.arch: unknown encoder {variant['model']['arch']!r} "
+                              f"(known: {', '.join(available_encoders())})")
+        _check_sampler(variant["sampler"], f"{key}.sampler", available_samplers())
+
+    for name, variant in config["stage2"].items():
+        key = f"stage2.{name}"
+        method = _lookup(get_stage2, variant["method"], f"{key}.method")
+        validate_against(variant.setdefault("params", {}), method.params_schema(), f"{key}.params")
+        for s1 in variant.get("stage1") or []:
+            if s1 not in config["stage1"]:
+                raise ConfigError(f"{key}.stage1: no stage-1 variant named {s1!r} "
+                                  f"(defined: {', '.join(config['stage1'])})")
+        if "sampler" in variant["params"]:
+            _check_sampler(variant["params"]["sampler"], f"{key}.params.sampler", available_samplers())
+    return config
+
+
+def validate_variant(stage: str, variant: dict, schema_path: str | Path = DEFAULT_SCHEMA) -> dict:
+    """Validate one stage-1 or stage-2 variant (defaults filled), for running a stage by hand."""
+    from .stage1 import get_method as get_stage1
+    from .stage2 import get_method as get_stage2
+
+    schema = load_schema(schema_path)["properties"][stage]["additionalProperties"]
+    validate_against(variant, schema, stage)
+    method = _lookup(get_stage1 if stage == "stage1" else get_stage2, variant["method"],
+                     f"{stage}.method")
+    validate_against(variant.setdefault("params", {}), method.params_schema(), f"{stage}.params")
+    return variant
+
+
+def _lookup(getter, name: str, key: str):
+    try:
+        return getter(name)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def _check_sampler(name: str, key: str, known: list[str]) -> None:
+    if name not in known:
+        raise ConfigError(f"{key}: unknown sampler {name!r} (known: {', '.join(known)})")
+
+
+def load_config(path: str | Path, schema_path: str | Path = DEFAULT_SCHEMA) -> dict:
+    """Safe-load a YAML config file and validate it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found")
+    with open(p) as f:
+        try:
+            config = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    return validate_config(config or {}, schema_path)
+
+
+def pairs(config: dict) -> list[tuple[str, str | None]]:
+    """(stage-1, stage-2) variant pairs to evaluate; stage-2 None is the stage-1 classifier alone."""
+    out: list[tuple[str, str | None]] = [(s1, None) for s1 in config["stage1"]]
+    for s2, variant in config["stage2"].items():
+        for s1 in variant.get("stage1") or list(config["stage1"]):
+            out.append((s1, s2))
+    return out
+
+
+def row_label(config: dict, s1: str, s2: str | None) -> str:
+    l1 = config["stage1"][s1].get("label") or s1
+    if s2 is None:
+        return l1
+    return f"{l1} + {config['stage2'][s2].get('label') or s2}"

@@ -1,0 +1,1 @@
+"""Datasets: sources, long-tail construction, split manifests, image cache, samplers, transforms."""

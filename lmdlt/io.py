@@ -1,0 +1,118 @@
+"""Artefact I/O shared by every stage: atomic writes, content hashes, provenance records.
+
+Every artefact the pipeline writes carries a provenance record (stage, the stage's own
+config, the hashes of its parent artefacts, seed, code version) and is written under a
+temporary name in the same folder and renamed into place, so an interrupted job never leaves a
+file that looks complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import __version__
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    On any exception (including KeyboardInterrupt) the temporary file is removed and ``path``
+    is left untouched, so no half-written artefact remains.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Hash of a JSON-able object, independent of key order."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def code_version() -> str:
+    """Package version plus the git commit of the source tree when there is one."""
+    try:
+        root = Path(__file__).resolve().parent.parent
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=5,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "lmdlt"],
+            capture_output=True, text=True, timeout=5,
+        )
+        if rev.returncode == 0:
+            suffix = "+dirty" if dirty.stdout.strip() else ""
+            return f"{__version__}+g{rev.stdout.strip()}{suffix}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return __version__
+
+
+def provenance(stage: str, config: Any, parents: dict[str, str] | None = None,
+               seed: int | None = None) -> dict[str, Any]:
+    """The record every artefact carries."""
+    return {
+        "stage": stage,
+        "config": config,
+        "config_hash": sha256_json(config),
+        "parents": dict(parents or {}),
+        "seed": seed,
+        "code_version": code_version(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def h5_write_provenance(h5obj, prov: dict[str, Any]) -> None:
+    """HDF5 attributes hold the provenance as one JSON string (plain data, safe to load)."""
+    h5obj.attrs["provenance"] = json.dumps(prov, sort_keys=True, default=_json_default)
+
+
+def h5_read_provenance(h5obj) -> dict[str, Any]:
+    raw = h5obj.attrs.get("provenance")
+    if raw is None:
+        raise ValueError(f"{h5obj.file.filename}: no provenance attribute; not an lmdlt artefact")
+    return json.loads(raw)

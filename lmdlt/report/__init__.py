@@ -1,0 +1,1 @@
+"""Tables and figures, aggregated from the per-run metric files only (one computation path)."""

@@ -1,0 +1,64 @@
+"""The stage-1 method interface and registry."""
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, type["Stage1Method"]] = {}
+
+
+class Stage1Method(abc.ABC):
+    """Computes named loss terms for one batch; the trainer sums them and steps the optimiser.
+
+    Subclasses set ``params`` (a JSON-schema ``properties`` mapping with defaults) and
+    implement ``loss``. ``modules`` returns extra trainable modules (projection heads,
+    centroids...) and ``after_step`` updates state that is not trained by gradients (EMA
+    teachers).
+    """
+
+    name: str = ""
+    params: dict[str, Any] = {}
+
+    def __init__(self, params: dict, class_counts: np.ndarray) -> None:
+        self.p = params
+        self.class_counts = np.asarray(class_counts)
+
+    @classmethod
+    def params_schema(cls) -> dict:
+        return {"type": "object", "additionalProperties": False, "properties": cls.params}
+
+    def modules(self) -> nn.ModuleDict:
+        return nn.ModuleDict()
+
+    @abc.abstractmethod
+    def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             epoch: int) -> dict[str, torch.Tensor]:
+        """Named loss terms for a batch of uint8 images ``x`` with labels ``y``."""
+
+    def after_step(self, net: nn.Module) -> None:
+        """Hook after each optimiser step (default: nothing to update)."""
+
+
+def register(name: str):
+    def deco(cls: type[Stage1Method]) -> type[Stage1Method]:
+        if name in _REGISTRY:
+            raise ValueError(f"stage-1 method {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def available_methods() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> type[Stage1Method]:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown stage-1 method {name!r} (known: {', '.join(available_methods())})")
+    return _REGISTRY[name]

@@ -1,0 +1,153 @@
+"""The one stage-1 training loop shared by every method.
+
+Reads the split manifest and the decoded-image cache, trains encoder + classifier with the
+configured method, logs one line per epoch, keeps the checkpoint with the best validation
+balanced accuracy (or the last one), and writes it atomically with its provenance. The
+checkpoint holds only tensors and plain data, so it loads with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import balanced_accuracy_score
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.image_cache import ImageCache
+from ..data.samplers import make_sampler
+from ..data.splits import read_manifest
+from ..data.transforms import channel_stats, train_transform
+from ..io import atomic_path, provenance
+from ..models import build_network
+from ..runtime import select_device, setup_torch
+from .base import get_method
+
+log = logging.getLogger("lmdlt.stage1")
+
+
+class _AugmentedImages(Dataset):
+    """uint8 NHWC images -> augmented uint8 CHW tensors, one sample at a time."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform) -> None:
+        self.images = torch.from_numpy(images).permute(0, 3, 1, 2)
+        self.labels = torch.from_numpy(labels)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def load_split_images(manifest_path, cache_path) -> dict:
+    """Images and labels per split, plus the manifest metadata."""
+    table, meta = read_manifest(manifest_path)
+    cache = ImageCache(cache_path)
+    out = {"meta": meta}
+    for split in ("train", "val", "test"):
+        rows = table[table["split"] == split]
+        out[split] = (cache.load(rows["id"].tolist()), rows["label"].to_numpy(np.int64),
+                      rows["id"].tolist())
+    return out
+
+
+@torch.no_grad()
+def predict_logits(net, images: np.ndarray, device, batch_size: int = 512) -> np.ndarray:
+    net.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2).to(device)
+        out.append(net(x).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, net.classifier.out_features), np.float32)
+
+
+def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
+                 threads: int | None = None, device: str = "auto") -> dict:
+    """Train one stage-1 variant; returns the checkpoint's metadata."""
+    gen = setup_torch(seed, threads)
+    dev = select_device(device)
+    data = load_split_images(manifest_path, cache_path)
+    class_names = data["meta"]["class_names"]
+    k = len(class_names)
+    x_tr, y_tr, _ = data["train"]
+    x_val, y_val, _ = data["val"]
+    counts = np.bincount(y_tr, minlength=k)
+    log.info("device %s, threads %d; train %d images (per class %s), val %d",
+             dev, torch.get_num_threads(), len(y_tr), counts.tolist(), len(y_val))
+
+    mean, std = channel_stats(x_tr)
+    net = build_network(cfg["model"], x_tr.shape[-1], k, mean, std).to(dev)
+    method = get_method(cfg["method"])(cfg["params"], counts)
+    extra = method.modules().to(dev)
+    params = list(net.parameters()) + list(extra.parameters())
+    opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"],
+                          weight_decay=cfg["weight_decay"])
+    sampler = make_sampler(y_tr, cfg["sampler"], gen)
+    loader = DataLoader(_AugmentedImages(x_tr, y_tr, train_transform(cfg["augment"], x_tr.shape[1])),
+                        batch_size=cfg["batch_size"], sampler=sampler, drop_last=len(y_tr) > cfg["batch_size"])
+    steps = cfg["epochs"] * len(loader)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+
+    best = {"epoch": -1, "val_bacc": -1.0, "state": None}
+    history = []
+    for epoch in range(cfg["epochs"]):
+        t0 = time.perf_counter()
+        net.train()
+        extra.train()
+        sums: dict[str, float] = {}
+        correct = seen = 0
+        for x, y in loader:
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            terms = method.loss(net, x, y, epoch)
+            loss = sum(terms.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            method.after_step(net)
+            for name, v in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(v.detach()) * len(y)
+            seen += len(y)
+        val_pred = predict_logits(net, x_val, dev).argmax(1)
+        val_bacc = float(balanced_accuracy_score(y_val, val_pred))
+        means = {n: s / max(seen, 1) for n, s in sums.items()}
+        row = {"epoch": epoch + 1, "loss": sum(means.values()), **{f"loss_{n}": v for n, v in means.items()},
+               "val_bacc": val_bacc, "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0}
+        history.append(row)
+        terms_txt = " ".join(f"{n} {v:.4f}" for n, v in means.items())
+        log.info("epoch %d/%d loss %.4f (%s) val_bacc %.4f lr %.4g %.1fs", epoch + 1, cfg["epochs"],
+                 row["loss"], terms_txt, val_bacc, row["lr"], row["seconds"])
+        if cfg["select"] == "last" or val_bacc > best["val_bacc"]:
+            best = {"epoch": epoch + 1, "val_bacc": val_bacc,
+                    "state": copy.deepcopy({k_: v.cpu() for k_, v in net.state_dict().items()})}
+    log.info("kept epoch %d (select=%s, val_bacc %.4f)", best["epoch"], cfg["select"], best["val_bacc"])
+
+    meta = {
+        "provenance": provenance("stage1", cfg, {"split": data["meta"]["content_hash"],
+                                                 "images": ImageCache(cache_path).provenance["config_hash"]}, seed),
+        "model": cfg["model"], "in_channels": int(x_tr.shape[-1]), "num_classes": k,
+        "class_names": class_names, "mean": mean, "std": std,
+        "selected_epoch": best["epoch"], "selected_val_bacc": best["val_bacc"], "history": history,
+    }
+    with atomic_path(out_path) as tmp:
+        torch.save({"state_dict": best["state"], "meta": meta}, tmp)
+    return meta
+
+
+def load_checkpoint(path, device="cpu"):
+    """(network, meta) from a stage-1 checkpoint, loaded with weights_only=True."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"stage-1 checkpoint {str(p)!r} not found")
+    ckpt = torch.load(p, map_location=device, weights_only=True)
+    meta = ckpt["meta"]
+    net = build_network({**meta["model"], "pretrained": None}, meta["in_channels"],
+                        meta["num_classes"], meta["mean"], meta["std"])
+    net.load_state_dict(ckpt["state_dict"])
+    return net.to(device), meta

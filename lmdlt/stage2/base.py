@@ -1,0 +1,66 @@
+"""The stage-2 method interface and registry."""
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+import torch
+
+_REGISTRY: dict[str, type["Stage2Method"]] = {}
+
+
+class Stage2Method(abc.ABC):
+    """Fitted on cached features; maps features to logits.
+
+    ``fit`` receives the training split, the validation split (for model selection) and the
+    stage-1 classifier (weight, bias); it never receives the test split.
+    """
+
+    name: str = ""
+    params: dict[str, Any] = {}
+
+    def __init__(self, params: dict, num_classes: int) -> None:
+        self.p = params
+        self.num_classes = num_classes
+
+    @classmethod
+    def params_schema(cls) -> dict:
+        return {"type": "object", "additionalProperties": False, "properties": cls.params}
+
+    @abc.abstractmethod
+    def fit(self, train: dict, val: dict, stage1_classifier: dict, generator: torch.Generator) -> None:
+        """Learn from ``train`` (features, labels, logits) and ``val``."""
+
+    @abc.abstractmethod
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """Class scores (N, K) for features (N, C)."""
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays saved beside the predictions (the fitted classifier)."""
+        return {}
+
+    def summary(self) -> dict[str, Any]:
+        """Plain values worth recording in the provenance (e.g. a selected hyper-parameter)."""
+        return {}
+
+
+def register(name: str):
+    def deco(cls: type[Stage2Method]) -> type[Stage2Method]:
+        if name in _REGISTRY:
+            raise ValueError(f"stage-2 method {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def available_methods() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> type[Stage2Method]:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown stage-2 method {name!r} (known: {', '.join(available_methods())})")
+    return _REGISTRY[name]

@@ -1,0 +1,61 @@
+# Config validation (defaults filled, unknown keys and wrong types rejected with the key named),
+# output paths, and the per-variant params helpers shared by the rule files.
+import json
+
+from lmdlt.config import ConfigError, pairs, row_label, validate_config
+
+try:
+    validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+except ConfigError as e:
+    raise WorkflowError(f"invalid config: {e}")
+
+ROOT = f"{config['results_dir']}/{config['dataset']['name']}"
+SEEDS = config["seeds"]
+THREADS = config["compute"]["threads"]
+DEVICE = config["compute"]["device"]
+
+IMAGES = f"{ROOT}/images_{config['dataset']['image_size']}px.h5"
+SPLIT = ROOT + "/seed{seed}/split.parquet"
+CHECKPOINT = ROOT + "/seed{seed}/stage1/{s1}/model.pt"
+FEATURES = ROOT + "/seed{seed}/stage1/{s1}/features.h5"
+STAGE1_METRICS = ROOT + "/seed{seed}/stage1/{s1}/metrics.json"
+PREDICTIONS = ROOT + "/seed{seed}/stage2/{s1}/{s2}/predictions.h5"
+STAGE2_METRICS = ROOT + "/seed{seed}/stage2/{s1}/{s2}/metrics.json"
+LOGS = ROOT + "/logs"
+
+REPORT_TABLE_MD = f"{ROOT}/tables/results.md"
+REPORT_TABLE_CSV = f"{ROOT}/tables/results.csv"
+REPORT_FIGURE = f"{ROOT}/figures/per_class_recall.png"
+REPORT_FILES = [REPORT_TABLE_MD, REPORT_TABLE_CSV, REPORT_FIGURE]
+
+
+wildcard_constraints:
+    seed=r"\d+",
+    s1=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    s2=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    size=r"\d+",
+
+
+def as_json(obj):
+    """Params are compared by value between runs: a stable JSON string of exactly one section."""
+    return json.dumps(obj, sort_keys=True)
+
+
+def source_params():
+    """What identifies the images (not the split, not the image size)."""
+    ds = config["dataset"]
+    return {"source": ds["source"], "root": ds["root"], "options": ds["options"]}
+
+
+def metrics_file(s1, s2, seed):
+    if s2 is None:
+        return STAGE1_METRICS.format(seed=seed, s1=s1)
+    return STAGE2_METRICS.format(seed=seed, s1=s1, s2=s2)
+
+
+def report_rows():
+    return [
+        {"row": row_label(config, s1, s2), "stage1": s1, "stage2": s2,
+         "files": {str(seed): metrics_file(s1, s2, seed) for seed in SEEDS}}
+        for s1, s2 in pairs(config)
+    ]

@@ -1,0 +1,25 @@
+# Data: the decoded-image cache (per source and image size) and the split manifest (per seed).
+
+
+rule image_cache:
+    output:
+        f"{ROOT}/images_{{size}}px.h5",
+    params:
+        dataset=as_json(source_params()),
+    log:
+        f"{LOGS}/image_cache_{{size}}px.log",
+    shell:
+        "lmdlt cache --dataset {params.dataset:q} --size {wildcards.size} --out {output} > {log} 2>&1"
+
+
+rule split:
+    output:
+        SPLIT,
+    params:
+        dataset=as_json(source_params()),
+        split=as_json(config["split"]),
+    log:
+        LOGS + "/seed{seed}/split.log",
+    shell:
+        "lmdlt split --dataset {params.dataset:q} --split {params.split:q} --seed {wildcards.seed}"
+        " --out {output} > {log} 2>&1"

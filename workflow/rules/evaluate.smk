@@ -1,0 +1,27 @@
+# Evaluation on the test split: the stage-1 classifier alone, and every stage-2 variant.
+
+
+rule evaluate_stage1:
+    input:
+        FEATURES,
+    output:
+        STAGE1_METRICS,
+    params:
+        groups=as_json(config["groups"]),
+    log:
+        LOGS + "/seed{seed}/evaluate_{s1}.log",
+    shell:
+        "lmdlt evaluate --predictions {input} --groups {params.groups:q} --out {output} > {log} 2>&1"
+
+
+rule evaluate_stage2:
+    input:
+        PREDICTIONS,
+    output:
+        STAGE2_METRICS,
+    params:
+        groups=as_json(config["groups"]),
+    log:
+        LOGS + "/seed{seed}/evaluate_{s1}_{s2}.log",
+    shell:
+        "lmdlt evaluate --predictions {input} --groups {params.groups:q} --out {output} > {log} 2>&1"

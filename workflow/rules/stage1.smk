@@ -1,0 +1,18 @@
+# Stage 1: representation learning, one checkpoint per (seed, stage-1 variant).
+
+
+rule train_stage1:
+    input:
+        split=SPLIT,
+        images=IMAGES,
+    output:
+        CHECKPOINT,
+    params:
+        variant=lambda w: as_json(config["stage1"][w.s1]),
+        device=DEVICE,
+    threads: THREADS
+    log:
+        LOGS + "/seed{seed}/stage1_{s1}.log",
+    shell:
+        "lmdlt train-stage1 --split {input.split} --images {input.images} --params {params.variant:q}"
+        " --seed {wildcards.seed} --threads {threads} --device {params.device} --out {output} > {log} 2>&1"
