@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
+
+from ..data.transforms import train_transform
 
 _REGISTRY: dict[str, type["Stage1Method"]] = {}
 
@@ -31,13 +33,19 @@ class Stage1Method(abc.ABC):
     def params_schema(cls) -> dict:
         return {"type": "object", "additionalProperties": False, "properties": cls.params}
 
+    def train_transform(self, augment: dict, size: int) -> Callable[[torch.Tensor], Any]:
+        """Per-sample transform of a uint8 CHW image; may return a tuple of views
+        (e.g. strong and weak), which ``loss`` then receives as a tuple of batches."""
+        return train_transform(augment, size)
+
     def modules(self) -> nn.ModuleDict:
         return nn.ModuleDict()
 
     @abc.abstractmethod
-    def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor,
+    def loss(self, net: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...], y: torch.Tensor,
              epoch: int) -> dict[str, torch.Tensor]:
-        """Named loss terms for a batch of uint8 images ``x`` with labels ``y``."""
+        """Named loss terms for a batch of uint8 images ``x`` (or of views, see
+        ``train_transform``) with labels ``y``; ``epoch`` counts from 0."""
 
     def after_step(self, net: nn.Module) -> None:
         """Hook after each optimiser step (default: nothing to update)."""

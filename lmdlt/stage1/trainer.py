@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.image_cache import ImageCache
 from ..data.samplers import make_sampler
 from ..data.splits import read_manifest
-from ..data.transforms import channel_stats, train_transform
+from ..data.transforms import channel_stats
 from ..io import atomic_path, provenance
 from ..models import build_network
 from ..runtime import select_device, setup_torch
@@ -89,7 +89,7 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
     opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"],
                           weight_decay=cfg["weight_decay"])
     sampler = make_sampler(y_tr, cfg["sampler"], gen)
-    loader = DataLoader(_AugmentedImages(x_tr, y_tr, train_transform(cfg["augment"], x_tr.shape[1])),
+    loader = DataLoader(_AugmentedImages(x_tr, y_tr, method.train_transform(cfg["augment"], x_tr.shape[1])),
                         batch_size=cfg["batch_size"], sampler=sampler, drop_last=len(y_tr) > cfg["batch_size"])
     steps = cfg["epochs"] * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
@@ -103,7 +103,9 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
         sums: dict[str, float] = {}
         correct = seen = 0
         for x, y in loader:
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            x = (tuple(v.to(dev, non_blocking=True) for v in x) if isinstance(x, (tuple, list))
+                 else x.to(dev, non_blocking=True))
+            y = y.to(dev, non_blocking=True)
             terms = method.loss(net, x, y, epoch)
             loss = sum(terms.values())
             opt.zero_grad(set_to_none=True)
