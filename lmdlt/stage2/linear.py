@@ -43,7 +43,7 @@ def train_linear(features: np.ndarray, labels: np.ndarray, num_classes: int, *, 
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(yb)
+            total += loss.item() * len(yb)
             n += len(yb)
         log.info("epoch %d/%d loss %.4f", epoch + 1, epochs, total / max(n, 1))
     return layer

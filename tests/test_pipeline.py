@@ -1,0 +1,145 @@
+"""End to end through the snakemake CLI, and the cache property the product exists for."""
+import copy
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, dry_run_jobs, read_config, run_snakemake, write_config
+from lmdlt.config import pairs, row_label, validate_config
+from lmdlt.io import read_json
+
+pytestmark = pytest.mark.slow
+
+SMALL = {
+    "dataset": {"name": "digits-lt", "source": "digits", "image_size": 8},
+    "split": {"protocol": "cui", "imbalance_ratio": 50, "val_per_class": 15, "test_per_class": 30},
+    "seeds": [0, 1],
+    "groups": {"rule": "rank", "sizes": [3, 4, 3]},
+    "compute": {"threads": 1},
+    "stage1": {
+        "ce": {"method": "ce", "label": "CE", "epochs": 2, "batch_size": 64},
+        "ce_wide": {"method": "ce", "label": "CE (w24)", "epochs": 2, "batch_size": 64,
+                    "model": {"width": 24}},
+    },
+    "stage2": {"crt": {"method": "crt", "label": "cRT", "params": {"epochs": 2}}},
+}
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """The default config.yaml, run as a user would (snakemake --cores 2)."""
+    work = tmp_path_factory.mktemp("default")
+    shutil.copy(REPO / "config.yaml", work / "config.yaml")
+    run_snakemake(work, "--cores", "2")
+    return work
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A small two-encoder config, fully run, for the dry-run cache checks."""
+    work = tmp_path_factory.mktemp("small")
+    write_config(work, SMALL)
+    run_snakemake(work, "--cores", "2")
+    return work
+
+
+def test_default_run_writes_table_and_figure(default_run):
+    cfg = validate_config(yaml.safe_load((default_run / "config.yaml").read_text()))
+    root = default_run / "results" / cfg["dataset"]["name"]
+    md = (root / "tables" / "results.md").read_text()
+    table = pd.read_csv(root / "tables" / "results.csv")
+    expected_rows = [row_label(cfg, s1, s2) for s1, s2 in pairs(cfg)]
+    assert table["row"].tolist() == expected_rows
+    assert "CE" in expected_rows and "CE + cRT" in expected_rows
+    for row in expected_rows:
+        assert f"| {row} |" in md
+    assert (table["n_seeds"] == len(cfg["seeds"])).all()
+    png = (root / "figures" / "per_class_recall.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert dry_run_jobs(default_run) == {}  # a second run has nothing to do
+
+
+def test_table_is_the_aggregation_of_the_metric_files(default_run):
+    cfg = validate_config(yaml.safe_load((default_run / "config.yaml").read_text()))
+    root = default_run / "results" / cfg["dataset"]["name"]
+    table = pd.read_csv(root / "tables" / "results.csv").set_index("row")
+    for s1, s2 in pairs(cfg):
+        files = [root / f"seed{s}" / ("stage1" if s2 is None else "stage2") / s1 /
+                 ("metrics.json" if s2 is None else f"{s2}/metrics.json") for s in cfg["seeds"]]
+        values = np.array([read_json(f)["metrics"]["bacc"] for f in files])
+        row = table.loc[row_label(cfg, s1, s2)]
+        assert row["bacc_mean"] == pytest.approx(values.mean(), abs=1e-6)
+        assert row["bacc_std"] == pytest.approx(values.std(ddof=1), abs=1e-6)
+
+
+def test_crt_beats_ce_on_the_default(default_run):
+    """The sanity check of DESIGN.md §7: class-balanced re-training helps the tail on digits-LT."""
+    table = pd.read_csv(default_run / "results" / "digits-lt" / "tables" / "results.csv").set_index("row")
+    assert table.loc["CE + cRT", "bacc_mean"] > table.loc["CE", "bacc_mean"]
+    assert table.loc["CE + cRT", "tail_bacc_mean"] > table.loc["CE", "tail_bacc_mean"]
+
+
+def test_nothing_to_do_after_a_full_run(small_run):
+    assert dry_run_jobs(small_run) == {}
+
+
+def _with_config(work, change):
+    original = read_config(work)
+    cfg = copy.deepcopy(original)
+    change(cfg)
+    write_config(work, cfg)
+    try:
+        return dry_run_jobs(work)
+    finally:
+        write_config(work, original)
+
+
+REPORT = {"results_table": 1, "per_class_recall_figure": 1, "all": 1}
+
+
+def test_adding_a_stage2_variant_runs_only_that_variant(small_run):
+    def add(cfg):
+        cfg["stage2"]["crt_sqrt"] = {"method": "crt", "params": {"epochs": 2, "sampler": "sqrt"}}
+    # 2 encoders x 2 seeds calibrations and evaluations, then the report
+    assert _with_config(small_run, add) == {"train_stage2": 4, "evaluate_stage2": 4, **REPORT}
+
+
+def test_changing_a_stage2_hyperparameter_reruns_only_stage2(small_run):
+    def change(cfg):
+        cfg["stage2"]["crt"]["params"]["lr"] = 0.01
+    assert _with_config(small_run, change) == {"train_stage2": 4, "evaluate_stage2": 4, **REPORT}
+
+
+def test_changing_a_stage1_hyperparameter_reruns_only_that_encoder(small_run):
+    def change(cfg):
+        cfg["stage1"]["ce_wide"]["lr"] = 0.05
+    assert _with_config(small_run, change) == {
+        "train_stage1": 2, "extract_features": 2, "evaluate_stage1": 2,
+        "train_stage2": 2, "evaluate_stage2": 2, **REPORT}
+
+
+def test_adding_a_seed_runs_only_that_seed(small_run):
+    def add(cfg):
+        cfg["seeds"] = [0, 1, 2]
+    assert _with_config(small_run, add) == {
+        "split": 1, "train_stage1": 2, "extract_features": 2, "evaluate_stage1": 2,
+        "train_stage2": 2, "evaluate_stage2": 2, **REPORT}
+
+
+def test_changing_the_group_rule_reruns_only_evaluation(small_run):
+    def change(cfg):
+        cfg["groups"] = {"rule": "shots", "many": 30, "few": 5}
+    assert _with_config(small_run, change) == {"evaluate_stage1": 4, "evaluate_stage2": 4, **REPORT}
+
+
+def test_a_malformed_config_stops_before_any_job(tmp_path):
+    bad = copy.deepcopy(SMALL)
+    bad["stage1"]["ce"]["epochs"] = "three"
+    write_config(tmp_path, bad)
+    proc = run_snakemake(tmp_path, "--cores", "1", check=False)
+    assert proc.returncode != 0
+    assert "stage1.ce.epochs: 'three' is not of type 'integer'" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,94 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from lmdlt.data.sources import SourceIndex, get_source
+from lmdlt.data.splits import build_split, content_hash, read_manifest, split_counts, write_manifest
+from lmdlt.io import provenance
+
+CUI = {"protocol": "cui", "imbalance_ratio": 100, "val_per_class": 15, "test_per_class": 30,
+       "n_cap": None, "class_order": "count"}
+LMD = {"protocol": "lmd", "imbalance_ratio": 20, "val_fraction": 0.1, "test_fraction": 0.2}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return get_source("digits").index()
+
+
+def test_same_seed_same_split_hash(digits):
+    a, b = build_split(digits, CUI, 0), build_split(digits, CUI, 0)
+    pd.testing.assert_frame_equal(a, b)
+    assert content_hash(a) == content_hash(b)
+    assert content_hash(build_split(digits, CUI, 1)) != content_hash(a)
+
+
+def test_cui_split_counts_follow_the_profile(digits):
+    t = build_split(digits, CUI, 0)
+    counts = split_counts(t, digits.class_names)
+    assert (counts["val"] == 15).all() and (counts["test"] == 30).all()
+    assert sorted(counts["train"], reverse=True) == [129, 78, 47, 28, 17, 10, 6, 4, 3, 2]
+    # the head is the class with the most images (digit 3: 183)
+    assert counts["train"].idxmax() == "3"
+
+
+def test_lmd_split_counts_and_fractions(digits):
+    t = build_split(digits, LMD, 0)
+    counts = split_counts(t, digits.class_names)
+    natural = np.bincount(digits.table["label"])
+    order = sorted(range(10), key=lambda c: (-natural[c], c))
+    totals = counts["total"].to_numpy()[order]
+    mu = (natural.max() / (natural.min() * 20)) ** (1 / 9)
+    expected = [int(np.ceil(natural[c] * mu**i)) for i, c in enumerate(order)]
+    assert totals.tolist() == expected
+    assert totals[0] / totals[-1] == pytest.approx(20, rel=0.1)
+    for c in range(10):
+        n = counts["total"].iloc[c]
+        assert counts["test"].iloc[c] == max(1, round(0.2 * n))
+        assert counts["val"].iloc[c] == max(1, round(0.1 * n))
+
+
+def test_splits_are_disjoint(digits):
+    for cfg in (CUI, LMD):
+        t = build_split(digits, cfg, 3)
+        assert not t["id"].duplicated().any()
+        assert set(t["split"]) == {"train", "val", "test"}
+
+
+def test_lmd_split_rejects_r_below_natural_imbalance(digits):
+    with pytest.raises(ValueError, match="below the data's natural imbalance"):
+        build_split(digits, {**LMD, "imbalance_ratio": 1.01}, 0)
+
+
+def test_class_too_small_for_cui(digits):
+    with pytest.raises(ValueError, match=r"class '\d' has \d+ images; the cui protocol needs"):
+        build_split(digits, {**CUI, "val_per_class": 100, "test_per_class": 100}, 0)
+
+
+def test_group_leak_is_detected():
+    idx = SourceIndex(pd.DataFrame({"id": [f"i{i}" for i in range(60)],
+                                    "label": [i % 2 for i in range(60)],
+                                    "group": [i // 2 for i in range(60)]}), ["a", "b"])
+    with pytest.raises(ValueError, match="split leak: group"):
+        build_split(idx, {**LMD, "imbalance_ratio": 1}, 0)
+
+
+def test_manifest_roundtrip_and_tamper_detection(digits, tmp_path):
+    t = build_split(digits, CUI, 0)
+    path = tmp_path / "split.parquet"
+    digest = write_manifest(path, t, digits.class_names, provenance("split", CUI, seed=0))
+    back, meta = read_manifest(path)
+    assert meta["content_hash"] == digest and meta["class_names"] == digits.class_names
+    assert meta["provenance"]["seed"] == 0 and meta["provenance"]["config"] == CUI
+    pd.testing.assert_frame_equal(back, t)
+    # a manifest edited behind the pipeline's back is refused
+    tampered = back.copy()
+    tampered.loc[0, "split"] = "test" if tampered.loc[0, "split"] != "test" else "train"
+    import json
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    arrow = pa.Table.from_pandas(tampered, preserve_index=False).replace_schema_metadata(
+        {b"lmdlt": json.dumps(meta).encode()})
+    pq.write_table(arrow, path)
+    with pytest.raises(ValueError, match="content hash mismatch"):
+        read_manifest(path)
