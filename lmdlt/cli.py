@@ -75,6 +75,15 @@ def cmd_train_stage2(a):
     run_stage2(a.features, cfg, a.seed, a.out, threads=a.threads)
 
 
+def cmd_train_stage2_encoder(a):
+    from .config import validate_variant
+    from .stage2.runner import run_stage2_encoder
+
+    cfg = validate_variant("stage2", a.params)
+    run_stage2_encoder(a.checkpoint, a.split, a.images, cfg, a.seed, a.out, threads=a.threads,
+                       device=a.device)
+
+
 def cmd_evaluate(a):
     from .metrics import evaluate_file
 
@@ -150,6 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--out", required=True, help="predictions (HDF5)")
     s.add_argument("--threads", type=int, default=None)
+
+    s = add("train-stage2-encoder", cmd_train_stage2_encoder,
+            "stage 2 with encoder fine-tuning (LMD's ICC): checkpoint + images -> predictions")
+    s.add_argument("--checkpoint", required=True, help="stage-1 checkpoint (.pt)")
+    s.add_argument("--split", required=True, help="split manifest (Parquet)")
+    s.add_argument("--images", required=True, help="image cache (HDF5)")
+    s.add_argument("--params", type=_json, required=True, help="the stage-2 variant's config (JSON)")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", required=True, help="predictions (HDF5), same layout as train-stage2")
+    torch_opts(s)
 
     s = add("evaluate", cmd_evaluate, "metrics of a features/predictions file on the test split")
     s.add_argument("--predictions", required=True)

@@ -15,10 +15,16 @@ class Stage2Method(abc.ABC):
 
     ``fit`` receives the training split, the validation split (for model selection) and the
     stage-1 classifier (weight, bias); it never receives the test split.
+
+    A method that also fine-tunes the encoder (LMD's ICC) sets ``needs_encoder = True`` and
+    implements ``fit_encoder`` instead: it then gets the stage-1 network and the training and
+    validation images (``lmdlt train-stage2-encoder``, Snakemake rule ``train_stage2_encoder``),
+    and leaves the fine-tuned network in ``self.net``; predictions are re-extracted with it.
     """
 
     name: str = ""
     params: dict[str, Any] = {}
+    needs_encoder: bool = False
 
     def __init__(self, params: dict, num_classes: int) -> None:
         self.p = params
@@ -31,6 +37,12 @@ class Stage2Method(abc.ABC):
     @abc.abstractmethod
     def fit(self, train: dict, val: dict, stage1_classifier: dict, generator: torch.Generator) -> None:
         """Learn from ``train`` (features, labels, logits) and ``val``."""
+
+    def fit_encoder(self, net: torch.nn.Module, images: dict, generator: torch.Generator,
+                    device) -> None:
+        """Methods with ``needs_encoder``: learn from the network and ``images``
+        ({"train": (uint8 NHWC, labels), "val": ...}); set ``self.net``."""
+        raise NotImplementedError(f"stage-2 method {self.name!r} works on cached features only")
 
     @abc.abstractmethod
     def logits(self, features: np.ndarray) -> np.ndarray:

@@ -1,7 +1,11 @@
-"""Runs one stage-2 variant on a features file and writes its predictions.
+"""Runs one stage-2 variant and writes its predictions.
 
-Output (HDF5): ``/<split>/logits``, ``labels``, ``ids`` for every split, the method's fitted
-state under ``/state``, and the provenance naming the features file's hash.
+``run_stage2``: methods on cached features (a features file). ``run_stage2_encoder``: methods
+that fine-tune the encoder (``needs_encoder``, LMD's ICC) from the stage-1 checkpoint, the split
+manifest and the image cache; the predictions are the fine-tuned network's on every split.
+
+Output (HDF5), the same for both: ``/<split>/logits``, ``labels``, ``ids`` for every split, the
+method's fitted state under ``/state``, and the provenance naming the parents' hashes.
 """
 from __future__ import annotations
 
@@ -23,6 +27,9 @@ def run_stage2(features_path, cfg: dict, seed: int, out_path, threads: int | Non
     fs = FeatureSet(features_path)
     k = len(fs.class_names)
     method = get_method(cfg["method"])(cfg["params"], k)
+    if method.needs_encoder:
+        raise ValueError(f"stage-2 method {cfg['method']!r} fine-tunes the encoder: run it with "
+                         "`lmdlt train-stage2-encoder` (checkpoint, split, images), not on features")
     train, val = fs["train"], fs["val"]
     log.info("%s on %s: train %d features (per class %s), dim %d", cfg["method"], features_path,
              len(train["labels"]), np.bincount(train["labels"], minlength=k).tolist(),
@@ -35,17 +42,68 @@ def run_stage2(features_path, cfg: dict, seed: int, out_path, threads: int | Non
                                       "checkpoint": fs.attrs["checkpoint_sha256"],
                                       "split": fs.attrs["split_hash"]}, seed)
     prov["summary"] = summary
+    outputs = {split: {"logits": method.logits(d["features"]), "labels": d["labels"], "ids": d["ids"]}
+               for split, d in fs.splits.items()}
+    write_predictions(out_path, outputs, method.state(), fs.class_names,
+                      fs.attrs["checkpoint_sha256"], fs.attrs["split_hash"], prov)
+    return summary
+
+
+def write_predictions(out_path, outputs: dict, state: dict, class_names, checkpoint_sha256: str,
+                      split_hash: str, prov: dict) -> None:
+    """The predictions layout every stage-2 producer writes (atomically)."""
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
-        for split, d in fs.splits.items():
+        for split, d in outputs.items():
             g = f.create_group(split)
-            g["logits"] = method.logits(d["features"]).astype(np.float32)
-            g["labels"] = d["labels"]
+            g["logits"] = np.asarray(d["logits"], dtype=np.float32)
+            g["labels"] = np.asarray(d["labels"])
             g.create_dataset("ids", data=np.array(list(d["ids"]), dtype=object),
                              dtype=h5py.string_dtype())
-        for name, arr in method.state().items():
+        for name, arr in state.items():
             f[f"state/{name}"] = arr
-        f.attrs["class_names"] = fs.class_names
-        f.attrs["checkpoint_sha256"] = fs.attrs["checkpoint_sha256"]
-        f.attrs["split_hash"] = fs.attrs["split_hash"]
+        f.attrs["class_names"] = list(class_names)
+        f.attrs["checkpoint_sha256"] = checkpoint_sha256
+        f.attrs["split_hash"] = split_hash
         h5_write_provenance(f, prov)
+
+
+def run_stage2_encoder(checkpoint_path, manifest_path, cache_path, cfg: dict, seed: int, out_path,
+                       threads: int | None = None, device: str = "auto") -> dict:
+    """Run a stage-2 method that fine-tunes the encoder; write predictions of every split."""
+    from ..data.image_cache import ImageCache
+    from ..runtime import select_device
+    from ..stage1.trainer import load_checkpoint, load_split_images
+    from .icc import encode_images
+
+    gen = setup_torch(seed, threads)
+    dev = select_device(device)
+    method_cls = get_method(cfg["method"])
+    if not method_cls.needs_encoder:
+        raise ValueError(f"stage-2 method {cfg['method']!r} works on cached features: run it with "
+                         "`lmdlt train-stage2 --features ...`")
+    net, meta = load_checkpoint(checkpoint_path, dev)
+    data = load_split_images(manifest_path, cache_path)
+    split_hash = data["meta"]["content_hash"]
+    if meta["provenance"]["parents"].get("split") != split_hash:
+        raise ValueError(f"{checkpoint_path} was trained on split "
+                         f"{meta['provenance']['parents'].get('split')}, not on {manifest_path} ({split_hash})")
+    k = meta["num_classes"]
+    method = method_cls(cfg["params"], k)
+    (x_tr, y_tr, _), (x_val, y_val, _) = data["train"], data["val"]
+    log.info("%s on %s (device %s): train %d images (per class %s), val %d", cfg["method"],
+             checkpoint_path, dev, len(y_tr), np.bincount(y_tr, minlength=k).tolist(), len(y_val))
+    method.fit_encoder(net, {"train": (x_tr, y_tr), "val": (x_val, y_val)}, gen, dev)  # no test
+    summary = method.summary()
+    if summary:
+        log.info("fitted: %s", summary)
+    ckpt_hash = sha256_file(checkpoint_path)
+    prov = provenance("stage2", cfg, {"checkpoint": ckpt_hash, "split": split_hash,
+                                      "images": ImageCache(cache_path).provenance["config_hash"]}, seed)
+    prov["summary"] = summary
+    outputs = {}
+    for split in ("train", "val", "test"):
+        x, y, ids = data[split]
+        feats = encode_images(method.net, x, dev)
+        outputs[split] = {"logits": method.logits(feats), "labels": y, "ids": ids}
+    write_predictions(out_path, outputs, method.state(), meta["class_names"], ckpt_hash, split_hash, prov)
     return summary

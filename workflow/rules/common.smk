@@ -22,11 +22,34 @@ STAGE1_METRICS = ROOT + "/seed{seed}/stage1/{s1}/metrics.json"
 PREDICTIONS = ROOT + "/seed{seed}/stage2/{s1}/{s2}/predictions.h5"
 STAGE2_METRICS = ROOT + "/seed{seed}/stage2/{s1}/{s2}/metrics.json"
 LOGS = ROOT + "/logs"
+BENCHMARKS = ROOT + "/benchmarks"
 
 REPORT_TABLE_MD = f"{ROOT}/tables/results.md"
 REPORT_TABLE_CSV = f"{ROOT}/tables/results.csv"
 REPORT_FIGURE = f"{ROOT}/figures/per_class_recall.png"
 REPORT_FILES = [REPORT_TABLE_MD, REPORT_TABLE_CSV, REPORT_FIGURE]
+
+
+def _stage2_variants(needs_encoder):
+    """Stage-2 variant names whose method does (or does not) fine-tune the encoder."""
+    from lmdlt.stage2 import get_method
+
+    return [name for name, v in config["stage2"].items()
+            if bool(get_method(v["method"]).needs_encoder) == needs_encoder]
+
+
+def names_regex(names):
+    """A wildcard constraint matching exactly these names (never-matching when empty)."""
+    import re
+
+    return "|".join(re.escape(n) for n in names) if names else "(?!x)x"
+
+
+# Two rules write stage-2 predictions to the same path; each matches only its own variants
+# (feature-only methods: train_stage2; encoder-fine-tuning methods such as ICC:
+# train_stage2_encoder), so evaluation and the report never need to know which produced it.
+S2_FEATURE_VARIANTS = _stage2_variants(needs_encoder=False)
+S2_ENCODER_VARIANTS = _stage2_variants(needs_encoder=True)
 
 
 wildcard_constraints:

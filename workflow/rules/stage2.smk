@@ -1,4 +1,10 @@
-# Stage 2: classifier calibration on the cached features (no encoder, no images).
+# Stage 2: classifier calibration.
+# train_stage2: methods on the cached features (no encoder, no images).
+# train_stage2_encoder: methods that fine-tune the encoder (LMD's ICC), from the checkpoint,
+# the split manifest and the image cache. Both write the same predictions layout to the same
+# path; the s2 wildcard constraint sends each variant to the one rule that can produce it.
+# No GPU is requested here (a local run must never wait for one); the SLURM profile adds
+# `gpu` to train_stage2_encoder through set-resources.
 
 
 rule train_stage2:
@@ -6,11 +12,38 @@ rule train_stage2:
         features=FEATURES,
     output:
         PREDICTIONS,
+    wildcard_constraints:
+        s2=names_regex(S2_FEATURE_VARIANTS),
     params:
         variant=lambda w: as_json(config["stage2"][w.s2]),
     threads: 1
     log:
         LOGS + "/seed{seed}/stage2_{s1}_{s2}.log",
+    benchmark:
+        BENCHMARKS + "/seed{seed}/stage2_{s1}_{s2}.tsv"
     shell:
         "lmdlt train-stage2 --features {input.features} --params {params.variant:q}"
         " --seed {wildcards.seed} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule train_stage2_encoder:
+    input:
+        checkpoint=CHECKPOINT,
+        split=SPLIT,
+        images=IMAGES,
+    output:
+        PREDICTIONS,
+    wildcard_constraints:
+        s2=names_regex(S2_ENCODER_VARIANTS),
+    params:
+        variant=lambda w: as_json(config["stage2"][w.s2]),
+        device=DEVICE,
+    threads: THREADS
+    log:
+        LOGS + "/seed{seed}/stage2_{s1}_{s2}.log",
+    benchmark:
+        BENCHMARKS + "/seed{seed}/stage2_{s1}_{s2}.tsv"
+    shell:
+        "lmdlt train-stage2-encoder --checkpoint {input.checkpoint} --split {input.split}"
+        " --images {input.images} --params {params.variant:q} --seed {wildcards.seed}"
+        " --threads {threads} --device {params.device} --out {output} > {log} 2>&1"

@@ -1,0 +1,232 @@
+"""LMD's Iterative Classifier Calibration (ICC): J iterations of an M-step and an E-step.
+
+Iteration j (Algorithm 1 of the paper):
+
+* **M-step** — the encoder is frozen; the training images' features are (re-)extracted with the
+  current encoder g^j, the per-class Gaussians are estimated under ``m_sampler``
+  (class-balanced in the paper, Eq. 7) and folded into an EMA across iterations, R virtual
+  features per class are drawn (VFC) and the linear classifier f^j is trained on them with CE
+  (``lmdlt.stage2.vfc.MStep``; ``features: real`` and ``mode: implicit`` as there).
+* **E-step** — the classifier is frozen; the encoder is fine-tuned on the real training images
+  (``e_sampler``: instance-balanced in the paper) with ``lambda_e * (Psi - Phi) + CE`` (FDC,
+  Eq. 12), Psi/Phi squared Mahalanobis distances with the inverse of the EMA covariance.
+
+Prediction is f^J . g^J (the last classifier on the last encoder), or, with
+``select: best_val``, the iteration whose f^j . g^(j+1) has the best validation balanced
+accuracy (the test split is never seen).
+
+Reference-code behaviours, each a named option (defaults follow the paper):
+
+* ``e_label_grad: no_grad`` — the E-step's classifier output is computed under no_grad, so the
+  label loss never reaches the encoder (only FDC, and BatchNorm statistics, change it).
+* ``fdc_sign: reference`` — the regulariser is Phi - Psi (the reference function's sign).
+* ``e_label_loss: gce`` — generalised cross-entropy with ``gce_q`` (0.7) instead of CE.
+* ``classifier_init: once`` — the classifier is created once, not re-initialised per iteration
+  (its optimiser state then carries over too).
+
+Learning rates follow the reference code's MultiStepLR over iterations (``lr_milestones``,
+``lr_gamma``). The E-step sees un-augmented images, as in the reference code.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import balanced_accuracy_score
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ..data.samplers import make_sampler
+from .base import Stage2Method, register
+from .gaussian import fdc_loss, generalized_ce
+from .vfc import MSTEP_PARAMS, MStep, classifier_optimizer
+
+log = logging.getLogger("lmdlt.stage2")
+
+
+def e_step_terms(net: nn.Module, layer: nn.Linear, x: torch.Tensor, y: torch.Tensor,
+                 mu: torch.Tensor, chol: torch.Tensor, p: dict) -> dict[str, torch.Tensor]:
+    """The E-step's loss terms for one batch: ``label`` (CE or GCE of the frozen classifier's
+    output; under no_grad in the reference mode) and, when lambda_e > 0, ``fdc`` (already
+    multiplied by lambda_e)."""
+    z = net.features(x)
+    if p["e_label_grad"] == "paper":
+        out = layer(z)
+    elif p["e_label_grad"] == "no_grad":
+        with torch.no_grad():
+            out = layer(z)
+    else:
+        raise ValueError(f"e_label_grad: unknown mode {p['e_label_grad']!r} (paper, no_grad)")
+    if p["e_label_loss"] == "ce":
+        label = F.cross_entropy(out, y)
+    elif p["e_label_loss"] == "gce":
+        label = generalized_ce(out, y, p["gce_q"])
+    else:
+        raise ValueError(f"e_label_loss: unknown loss {p['e_label_loss']!r} (ce, gce)")
+    terms = {"label": label}
+    if p["lambda_e"] > 0:
+        terms["fdc"] = p["lambda_e"] * fdc_loss(z, y, mu, chol, p["fdc_sign"])
+    return terms
+
+
+@torch.no_grad()
+def encode_images(net: nn.Module, images: np.ndarray, device, batch_size: int = 512) -> np.ndarray:
+    """Features (N, C) of uint8 NHWC images with the encoder in eval mode."""
+    net.eval()
+    out = []
+    for s in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[s:s + batch_size]).permute(0, 3, 1, 2).to(device)
+        out.append(net.features(x).float().cpu())
+    return torch.cat(out).numpy()
+
+
+@register("icc")
+class IterativeClassifierCalibration(Stage2Method):
+    """Needs the stage-1 encoder and the images: run by ``lmdlt train-stage2-encoder``."""
+
+    needs_encoder = True
+    params = {
+        **MSTEP_PARAMS,
+        "iterations": {"type": "integer", "minimum": 1, "default": 200,
+                       "description": "J, E/M iterations (reference 200)"},
+        "lambda_e": {"type": "number", "minimum": 0, "default": 1e-4,
+                     "description": "weight of the FDC regulariser (paper 1e-4; 0 = w/o FDC)"},
+        "e_sampler": {"enum": ["instance", "class_balanced", "sqrt"], "default": "instance",
+                      "description": "sampling of the E-step's images (paper: instance; Table 5)"},
+        "e_epochs": {"type": "integer", "minimum": 1, "default": 1},
+        "e_batch_size": {"type": "integer", "minimum": 1, "default": 352},
+        "e_lr": {"type": "number", "minimum": 0, "default": 1e-6,
+                 "description": "encoder SGD learning rate (paper 1e-6)"},
+        "e_momentum": {"type": "number", "minimum": 0, "default": 0.9},
+        "e_weight_decay": {"type": "number", "minimum": 0, "default": 1e-4},
+        "e_label_loss": {"enum": ["ce", "gce"], "default": "ce",
+                         "description": "ce: paper Eq. 12; gce: reference code (q = gce_q)"},
+        "gce_q": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.7},
+        "e_label_grad": {"enum": ["paper", "no_grad"], "default": "paper",
+                         "description": "no_grad: reference code (label loss never reaches the encoder)"},
+        "fdc_sign": {"enum": ["paper", "reference"], "default": "paper",
+                     "description": "paper: Psi - Phi; reference: Phi - Psi"},
+        "classifier_init": {"enum": ["per_iteration", "once"], "default": "per_iteration",
+                            "description": "once: reference code (classifier not re-initialised)"},
+        "lr_milestones": {"type": "array", "items": {"type": "integer", "minimum": 1},
+                          "default": [50, 100, 150],
+                          "description": "iterations at which both learning rates are multiplied by lr_gamma"},
+        "lr_gamma": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
+        "select": {"enum": ["best_val", "last"], "default": "best_val",
+                   "description": "iteration kept: best validation BACC (ours) or the last (reference)"},
+    }
+
+    def fit(self, train, val, stage1_classifier, generator):
+        raise RuntimeError("icc fine-tunes the encoder: it needs the checkpoint and the images, "
+                           "run it with `lmdlt train-stage2-encoder` (the pipeline does)")
+
+    def fit_encoder(self, net: nn.Module, images: dict, generator: torch.Generator, device) -> None:
+        """Run the J iterations. ``images``: {"train": (uint8 NHWC, labels), "val": (...)};
+        the test split is never handed over. Leaves the kept encoder and classifier in
+        ``self.net`` (``net.classifier`` replaced by the calibrated one)."""
+        p = self.p
+        x_tr, y_tr = images["train"]
+        x_val, y_val = images["val"]
+        k = self.num_classes
+        net = net.to(device)
+        for q in net.classifier.parameters():
+            q.requires_grad_(False)  # the stage-1 classifier is replaced, never trained here
+        opt_e = torch.optim.SGD(net.encoder.parameters(), lr=p["e_lr"], momentum=p["e_momentum"],
+                                weight_decay=p["e_weight_decay"])
+        loader = DataLoader(
+            TensorDataset(torch.from_numpy(x_tr).permute(0, 3, 1, 2), torch.from_numpy(y_tr)),
+            batch_size=p["e_batch_size"], sampler=make_sampler(y_tr, p["e_sampler"], generator),
+            drop_last=len(y_tr) > p["e_batch_size"])
+        mstep = MStep(p, k)
+        layer: nn.Linear | None = None
+        opt_m = None
+        best = {"iteration": 0, "val_bacc": -1.0, "net": None, "layer": None}
+        self.history = []
+        for j in range(p["iterations"]):
+            factor = p["lr_gamma"] ** sum(j >= m for m in p["lr_milestones"])
+            t0 = time.perf_counter()
+            # M-step: features of the current encoder, Gaussians (EMA), classifier on VFC
+            feats = encode_images(net, x_tr, device)
+            mstep.estimate(feats, y_tr, generator)
+            if layer is None or p["classifier_init"] == "per_iteration":
+                layer = nn.Linear(feats.shape[1], k).to(device)
+                opt_m = classifier_optimizer(layer, p)
+            for g in opt_m.param_groups:
+                g["lr"] = p["m_lr"] * factor
+            m_out = mstep.train(layer, opt_m, generator, feats, y_tr)
+            t_m = time.perf_counter() - t0
+            # E-step: classifier frozen, encoder fine-tuned on the real images
+            t1 = time.perf_counter()
+            e_out = self._e_step(net, layer, loader, mstep, opt_e, p["e_lr"] * factor, device)
+            t_e = time.perf_counter() - t1
+            val_feats = encode_images(net, x_val, device)
+            with torch.no_grad():
+                val_pred = layer(torch.from_numpy(val_feats).to(device)).argmax(1).cpu().numpy()
+            val_bacc = float(balanced_accuracy_score(y_val, val_pred))
+            row = {"iteration": j + 1, **m_out, **e_out, "val_bacc": val_bacc,
+                   "m_seconds": t_m, "e_seconds": t_e, "seconds": time.perf_counter() - t0}
+            self.history.append(row)
+            e_txt = " ".join(f"{n} {v:.4f}" for n, v in e_out.items())
+            log.info("ICC iteration %d/%d: M loss %.4f, E %s, val_bacc %.4f; %.2fs (M %.2fs, E %.2fs)",
+                     j + 1, p["iterations"], m_out["m_loss"], e_txt, val_bacc, row["seconds"], t_m, t_e)
+            if p["select"] == "last" or val_bacc > best["val_bacc"]:
+                best = {"iteration": j + 1, "val_bacc": val_bacc,
+                        "net": copy.deepcopy(net.state_dict()), "layer": copy.deepcopy(layer.state_dict())}
+        net.load_state_dict(best["net"])
+        net.classifier.load_state_dict(best["layer"])
+        self.net = net.eval()
+        self.kept = best
+        self.mstep = mstep
+        log.info("kept iteration %d (select=%s, val_bacc %.4f); %.2fs per iteration on average",
+                 best["iteration"], p["select"], best["val_bacc"],
+                 float(np.mean([r["seconds"] for r in self.history])))
+
+    def _e_step(self, net, layer, loader, mstep: MStep, opt, lr, device) -> dict[str, float]:
+        p = self.p
+        for g in opt.param_groups:
+            g["lr"] = lr
+        layer.eval()
+        for q in layer.parameters():
+            q.requires_grad_(False)
+        mu = mstep.mu.to(device, torch.float32)
+        chol = mstep.chol.to(device, torch.float32)
+        net.train()
+        sums: dict[str, float] = {}
+        seen = 0
+        for _ in range(p["e_epochs"]):
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)
+                terms = e_step_terms(net, layer, x, y, mu, chol, p)
+                loss = sum(terms.values())
+                if loss.requires_grad:  # no_grad label loss with lambda_e = 0: BN statistics only
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                for n, v in terms.items():
+                    sums[n] = sums.get(n, 0.0) + float(v.detach()) * len(y)
+                seen += len(y)
+        for q in layer.parameters():
+            q.requires_grad_(True)
+        return {f"e_{n}": v / max(seen, 1) for n, v in sums.items()}
+
+    @torch.no_grad()
+    def logits(self, features):
+        w = self.net.classifier
+        return w(torch.as_tensor(features, dtype=torch.float32, device=w.weight.device)).cpu().numpy()
+
+    def state(self):
+        out = {"weight": self.net.classifier.weight.detach().cpu().numpy(),
+               "bias": self.net.classifier.bias.detach().cpu().numpy()}
+        for key in ("seconds", "m_seconds", "e_seconds", "val_bacc", "m_loss"):
+            out[f"history/{key}"] = np.array([r[key] for r in self.history], dtype=np.float64)
+        return out
+
+    def summary(self):
+        return {"kept_iteration": self.kept["iteration"], "kept_val_bacc": round(self.kept["val_bacc"], 6),
+                "iterations": len(self.history),
+                "seconds_per_iteration": round(float(np.mean([r["seconds"] for r in self.history])), 4),
+                "seconds_total": round(float(sum(r["seconds"] for r in self.history)), 4)}
