@@ -33,24 +33,37 @@ def cmd_cache(a):
 
 def cmd_split(a):
     from .data.sources import source_from_config
-    from .data.splits import build_split, split_counts, write_manifest
+    from .data.splits import build_split, summary_text, write_manifest
     from .io import provenance
 
     index = source_from_config(a.dataset).index()
     table = build_split(index, a.split, a.seed)
     cfg = {"dataset": a.dataset, "split": a.split}
     digest = write_manifest(a.out, table, index.class_names, provenance("split", cfg, seed=a.seed))
-    logging.info("split hash %s\n%s", digest, split_counts(table, index.class_names).to_string())
+    logging.info("split\n%s", summary_text(table, index.class_names, digest))
 
 
 def cmd_show_split(a):
-    from .data.splits import read_manifest, split_counts
+    from .data.splits import read_manifest, summary_text
 
     table, meta = read_manifest(a.manifest)
-    counts = split_counts(table, meta["class_names"])
-    print(f"split {a.manifest}\ncontent hash {meta['content_hash']}")
-    print(counts.to_string())
-    print(f"total: {dict(counts.sum())}")
+    print(f"split {a.manifest}")
+    print(summary_text(table, meta["class_names"], meta["content_hash"]))
+
+
+def cmd_split_summary(a):
+    from .config import load_config
+    from .data.sources import source_from_config
+    from .data.splits import build_split, summary_text
+
+    config = load_config(a.config)
+    if a.root is not None:
+        config["dataset"]["root"] = a.root
+    index = source_from_config(config["dataset"]).index()
+    table = build_split(index, config["split"], a.seed)
+    print(f"dataset {config['dataset']['name']} (source {config['dataset']['source']}), "
+          f"split {config['split']['protocol']}, seed {a.seed}")
+    print(summary_text(table, index.class_names))
 
 
 def cmd_train_stage1(a):
@@ -137,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("show-split", cmd_show_split, "print a split manifest's per-class counts per split and its hash")
     s.add_argument("manifest")
+
+    s = add("split-summary", cmd_split_summary,
+            "print the split a config gives for a seed (counts per class and split, hash), writing nothing")
+    s.add_argument("--config", required=True, type=Path, help="a pipeline config (YAML)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--root", default=None, help="override dataset.root")
 
     s = add("train-stage1", cmd_train_stage1, "stage 1: train an encoder + classifier")
     s.add_argument("--split", required=True, help="split manifest (Parquet)")

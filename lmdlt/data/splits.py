@@ -5,7 +5,18 @@ whatever else the source index had: ``path``, ``group``), a content hash over (i
 split), and the provenance record in the Parquet metadata. Splits are reproducible from the
 source index, the split config and the seed alone.
 
-Protocols are registered by name; adding one is one function here plus its test.
+Protocols are registered by name; adding one is one function here plus its test:
+
+* ``lmd`` — LMD reference code: Pareto-subsample every class, then per-class val/test fractions.
+* ``cui`` — Cui / Ju: balanced val and test per class, Pareto-profiled training set.
+* ``random`` — per-class (stratified) random val/test fractions of all images (Hyper-Kvasir 8:1:1).
+* ``predefined`` — the split read from the source's ``fold`` column (published split files,
+  official folds), mapped onto train/val/test by ``split.folds``.
+
+``split.grouped: true`` (``lmd`` and ``random``) keeps every group of the index's ``group``
+column (HAM10000 ``lesion_id``) in one split: groups, not images, are allocated, so no lesion
+crosses train/val/test. Without it a source's groups are kept in the manifest and the overlap is
+reported (``group_overlap``), so the leak of a naive split can be measured.
 """
 from __future__ import annotations
 
@@ -48,15 +59,82 @@ def class_rank(labels: np.ndarray, num_classes: int, order: str) -> list[int]:
     raise ValueError(f"split.class_order: unknown order {order!r} (known: count, label)")
 
 
-def _per_class_fractions(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+def _per_class_fractions(n: int, val_fraction: float, test_fraction: float,
+                         class_name: str = "?") -> tuple[int, int]:
     n_val = int(round(n * val_fraction))
     n_test = int(round(n * test_fraction))
     if n >= 3:  # every split sees every class when the class has images enough
         n_val, n_test = max(n_val, 1), max(n_test, 1)
     if n_val + n_test >= n:
-        raise ValueError(f"a class with {n} images cannot be split {val_fraction}/{test_fraction} "
-                         "for val/test and keep a training image")
+        raise ValueError(f"class {class_name!r} has {n} images: too few to split "
+                         f"{val_fraction}/{test_fraction} for val/test and keep a training image")
     return n_val, n_test
+
+
+def _groups_of(index: SourceIndex, cfg: dict) -> np.ndarray | None:
+    """The group key of every row when the split is grouped, else None."""
+    if not cfg.get("grouped", False):
+        return None
+    if "group" not in index.table.columns:
+        raise ValueError("split.grouped: the source index has no 'group' column "
+                         "(sources with groups: ham10000)")
+    return index.table["group"].astype(str).to_numpy()
+
+
+def _grouped_order(rows: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``rows`` reordered group by group, groups in random order (rows of a group together)."""
+    uniq = np.unique(groups[rows])
+    rank = dict(zip(rng.permutation(uniq).tolist(), range(len(uniq))))
+    key = np.array([rank[g] for g in groups[rows]])
+    return rows[np.argsort(key, kind="stable")]
+
+
+def _assign(split: pd.Series, rows: np.ndarray, n_val: int, n_test: int,
+            groups: np.ndarray | None) -> None:
+    """First ``n_test`` rows to test, next ``n_val`` to val, the rest to train. With groups,
+    ``rows`` must be in grouped order; a group goes whole to the split its first row falls in
+    (test and val may overshoot their target by less than one group)."""
+    if groups is None:
+        split.iloc[rows[:n_test]] = "test"
+        split.iloc[rows[n_test:n_test + n_val]] = "val"
+        split.iloc[rows[n_test + n_val:]] = "train"
+        return
+    counts = {"test": 0, "val": 0}
+    target = {"test": n_test, "val": n_val}
+    g_rows = pd.Series(rows).groupby(groups[rows], sort=False)
+    for _, members in sorted(g_rows, key=lambda kv: kv[1].index[0]):
+        dest = next((s for s in ("test", "val") if counts[s] < target[s]), "train")
+        if dest != "train":
+            counts[dest] += len(members)
+        split.iloc[members.to_numpy()] = dest
+
+
+def _primary_label(labels: np.ndarray, groups: np.ndarray, rows: np.ndarray) -> dict:
+    """The most frequent label of each group among ``rows`` (ties: the smaller label)."""
+    df = pd.DataFrame({"g": groups[rows], "y": labels[rows]})
+    counts = df.groupby(["g", "y"]).size().reset_index(name="n")
+    counts = counts.sort_values(["g", "n", "y"], ascending=[True, False, True])
+    return dict(zip(counts.drop_duplicates("g")["g"], counts.drop_duplicates("g")["y"]))
+
+
+def _split_by_class(index: SourceIndex, cfg: dict, rng: np.random.Generator,
+                    kept: dict[int, np.ndarray], groups: np.ndarray | None) -> pd.Series:
+    """Per class, val/test fractions of the kept rows (whole groups when grouped)."""
+    labels = index.table["label"].to_numpy()
+    split = pd.Series("", index=index.table.index, dtype=object)
+    if groups is not None:  # allocate each group with the class most of its kept images have
+        all_rows = np.concatenate([kept[c] for c in sorted(kept)])
+        primary = _primary_label(labels, groups, all_rows)
+        per_class = {c: all_rows[np.array([primary[g] == c for g in groups[all_rows]], bool)]
+                     for c in sorted(kept)}
+    else:
+        per_class = kept
+    for c, rows in per_class.items():
+        rows = (_grouped_order(rows, groups, rng) if groups is not None else rng.permutation(rows))
+        n_val, n_test = _per_class_fractions(len(rows), cfg["val_fraction"], cfg["test_fraction"],
+                                             index.class_names[c])
+        _assign(split, rows, n_val, n_test, groups)
+    return split
 
 
 @register_protocol("lmd")
@@ -70,14 +148,51 @@ def _lmd(index: SourceIndex, cfg: dict, rng: np.random.Generator) -> pd.Series:
         raise ValueError(f"classes without images: {absent}")
     order = class_rank(labels, k, "count")  # the LMD scheme is defined on counts, descending
     keep = lmd_keep_counts([counts[c] for c in order], cfg["imbalance_ratio"])
-    split = pd.Series("", index=index.table.index, dtype=object)
+    groups = _groups_of(index, cfg)
+    kept: dict[int, np.ndarray] = {}
     for c, n_keep in zip(order, keep):
         rows = np.flatnonzero(labels == c)
-        rows = rng.permutation(rows)[:n_keep]
-        n_val, n_test = _per_class_fractions(n_keep, cfg["val_fraction"], cfg["test_fraction"])
-        split.iloc[rows[:n_test]] = "test"
-        split.iloc[rows[n_test:n_test + n_val]] = "val"
-        split.iloc[rows[n_test + n_val:]] = "train"
+        # grouped: whole groups are kept (in random group order), the last one possibly in part;
+        # images left out are used nowhere, so a partial group cannot leak
+        rows = _grouped_order(rows, groups, rng) if groups is not None else rng.permutation(rows)
+        kept[c] = rows[:n_keep]
+    return _split_by_class(index, cfg, rng, kept, groups)
+
+
+@register_protocol("random")
+def _random(index: SourceIndex, cfg: dict, rng: np.random.Generator) -> pd.Series:
+    """All images, per class (stratified) random val/test fractions (Hyper-Kvasir: 8:1:1)."""
+    labels = index.table["label"].to_numpy()
+    kept = {c: np.flatnonzero(labels == c) for c in range(len(index.class_names))}
+    empty = [index.class_names[c] for c, r in kept.items() if len(r) == 0]
+    if empty:
+        raise ValueError(f"classes without images: {empty}")
+    return _split_by_class(index, cfg, rng, kept, _groups_of(index, cfg))
+
+
+@register_protocol("predefined")
+def _predefined(index: SourceIndex, cfg: dict, rng: np.random.Generator) -> pd.Series:
+    """The split given by the source (its ``fold`` column), mapped by ``split.folds``."""
+    if "fold" not in index.table.columns:
+        raise ValueError("split.protocol predefined: the source index has no 'fold' column; set the "
+                         "source's split files / fold file (e.g. dataset.options.folds)")
+    folds = cfg.get("folds") or {s: [s] for s in SPLITS}
+    unknown = set(folds) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"split.folds: unknown split(s) {sorted(unknown)} (known: {', '.join(SPLITS)})")
+    fold = index.table["fold"].astype(str).to_numpy()
+    present = set(fold)
+    split = pd.Series("", index=index.table.index, dtype=object)
+    seen: dict[str, str] = {}
+    for s_name, values in folds.items():
+        for v in [str(v) for v in values]:
+            if v in seen:
+                raise ValueError(f"split.folds: fold {v!r} is mapped to both {seen[v]!r} and {s_name!r}")
+            if v not in present:
+                raise ValueError(f"split.folds.{s_name}: fold {v!r} is not in the source "
+                                 f"(folds: {sorted(present)})")
+            seen[v] = s_name
+            split.iloc[np.flatnonzero(fold == v)] = s_name
     return split
 
 
@@ -121,7 +236,7 @@ def build_split(index: SourceIndex, cfg: dict, seed: int) -> pd.DataFrame:
     split = _PROTOCOLS[proto](index, cfg, rng)
     table = index.table.assign(split=split.to_numpy())
     table = table[table["split"] != ""].copy()
-    check_disjoint(table)
+    check_disjoint(table, groups=bool(cfg.get("grouped", False)))
     for s in SPLITS:
         missing = set(range(len(index.class_names))) - set(table.loc[table["split"] == s, "label"])
         if missing:
@@ -133,16 +248,37 @@ def build_split(index: SourceIndex, cfg: dict, seed: int) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def check_disjoint(table: pd.DataFrame) -> None:
-    """No image id, and no group when a group column exists, may appear in two splits."""
+def check_disjoint(table: pd.DataFrame, groups: bool = True) -> None:
+    """No image id, and (``groups`` and a group column exists) no group, in two splits."""
     dup = table["id"][table["id"].duplicated()]
     if len(dup):
         raise ValueError(f"split leak: image id {dup.iloc[0]!r} appears more than once")
-    if "group" in table.columns:
+    if groups and "group" in table.columns:
         per_group = table.groupby("group")["split"].nunique()
         bad = per_group[per_group > 1]
         if len(bad):
             raise ValueError(f"split leak: group {bad.index[0]!r} crosses splits")
+
+
+def group_overlap(table: pd.DataFrame) -> dict:
+    """How much a split leaks through its groups (e.g. lesions): groups present in more than one
+    split, per pair of splits, and test/val images whose group also has training images."""
+    if "group" not in table.columns:
+        return {}
+    sets = {s: set(table.loc[table["split"] == s, "group"]) for s in SPLITS}
+    train = sets["train"]
+    out = {
+        "groups": int(table["group"].nunique()),
+        "groups_in_several_splits": int((table.groupby("group")["split"].nunique() > 1).sum()),
+        "train_val_groups": len(train & sets["val"]),
+        "train_test_groups": len(train & sets["test"]),
+        "val_test_groups": len(sets["val"] & sets["test"]),
+    }
+    for s in ("val", "test"):
+        rows = table[table["split"] == s]
+        out[f"{s}_images_with_train_group"] = int(rows["group"].isin(train).sum())
+        out[f"{s}_images"] = int(len(rows))
+    return out
 
 
 def content_hash(table: pd.DataFrame) -> str:
@@ -182,3 +318,15 @@ def split_counts(table: pd.DataFrame, class_names: list[str]) -> pd.DataFrame:
     counts.index = pd.Index(class_names, name="class")
     counts["total"] = counts.sum(axis=1)
     return counts
+
+
+def summary_text(table: pd.DataFrame, class_names: list[str], digest: str | None = None) -> str:
+    """Per-class counts per split, totals, the content hash and (when the manifest has groups)
+    the group overlap between splits: what ``lmdlt show-split`` / ``split-summary`` print."""
+    counts = split_counts(table, class_names)
+    lines = [f"content hash {digest or content_hash(table)}", counts.to_string(),
+             "total: " + ", ".join(f"{k} {int(v)}" for k, v in counts.sum().items())]
+    overlap = group_overlap(table)
+    if overlap:
+        lines.append("groups: " + ", ".join(f"{k} {v}" for k, v in overlap.items()))
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""A generic ImageFolder tree: one folder per class.
+
+    <root>/<class>/<image>.{jpg,jpeg,png,bmp,tif}
+
+or, with ``dataset.options.split_dirs`` (e.g. ``{train: train, val: val, test: test}``), one such
+tree per split, ``<root>/<split_dir>/<class>/<image>``; the index then has a ``fold`` column for
+the ``predefined`` protocol. Classes are the sorted folder names unless
+``dataset.options.class_names`` lists them (a folder not in that list is an error naming it).
+Ids are the image paths relative to the root, without extension.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import Source, SourceIndex, register_source
+from ._files import FileImagesMixin, inside, labels_from_names, list_images, require_root
+
+
+@register_source("imagefolder")
+class ImageFolderSource(FileImagesMixin, Source):
+    options = {"class_names": None, "split_dirs": None, "channels": 3}
+
+    def image_root(self) -> Path:
+        return require_root(self.name, self.root)
+
+    @property
+    def channels(self) -> int:  # type: ignore[override]
+        c = self.opts["channels"]
+        if c not in (1, 3):
+            raise ValueError(f"dataset.options.channels must be 1 or 3, got {c!r}")
+        return c
+
+    def index(self) -> SourceIndex:
+        root = self.image_root()
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder {str(root)!r} not found")
+        trees = ({None: "."} if self.opts["split_dirs"] is None else dict(self.opts["split_dirs"]))
+        class_dirs: dict[object, list[Path]] = {}
+        for fold, sub in trees.items():
+            base = inside(root, sub, "dataset.options.split_dirs entry")
+            if not base.is_dir():
+                raise FileNotFoundError(f"image folder {str(base)!r} (split {fold!r}) not found")
+            class_dirs[fold] = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+        names = self.opts["class_names"] or sorted({d.name for ds in class_dirs.values() for d in ds})
+        rows = []
+        for fold, dirs in class_dirs.items():
+            for d in dirs:
+                label = int(labels_from_names([d.name], names, f"image folder {str(d)!r}")[0])
+                for f in list_images(d):
+                    rel = f.relative_to(root).as_posix()
+                    rows.append((rel.rsplit(".", 1)[0], label, rel, fold))
+        if not rows:
+            raise ValueError(f"image folder {str(root)!r} has no class folder with images")
+        table = pd.DataFrame(rows, columns=["id", "label", "path", "fold"])
+        if self.opts["split_dirs"] is None:
+            table = table.drop(columns="fold")
+        return SourceIndex(table, list(names))
