@@ -103,22 +103,28 @@ def cholesky(cov: torch.Tensor) -> torch.Tensor:
 
 
 def iter_virtual_batches(mu: torch.Tensor, chol: torch.Tensor, per_class: int, batch_size: int,
-                         generator: torch.Generator, dtype=torch.float32
+                         generator: torch.Generator, dtype=torch.float32, device=None
                          ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (features (b, C), labels (b,)) batches: exactly ``per_class`` draws from
     N(mu_k, L_k L_k^T) for every class k, in a seeded random order of classes.
 
     Only one batch of virtual features exists at a time (plus the R*K label permutation),
-    so memory is O(batch_size * C + K * C^2 + R * K) instead of O(R * K * C).
+    so memory is O(batch_size * C + K * C^2 + R * K) instead of O(R * K * C). On a CUDA
+    ``device`` the draws happen there, from a device generator seeded from ``generator``.
     """
     k, c = mu.shape
-    mu_ = mu.to(dtype)
-    chol_ = chol.to(dtype)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    mu_ = mu.to(dev, dtype)
+    chol_ = chol.to(dev, dtype)
     labels = torch.arange(k).repeat_interleave(per_class)
-    labels = labels[torch.randperm(len(labels), generator=generator)]
+    labels = labels[torch.randperm(len(labels), generator=generator)].to(dev)
+    gen = generator
+    if dev.type != "cpu":
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
     for start in range(0, len(labels), batch_size):
         y = labels[start:start + batch_size]
-        z = torch.randn(len(y), c, generator=generator, dtype=dtype)
+        z = torch.randn(len(y), c, generator=gen, dtype=dtype, device=dev)
         v = torch.empty_like(z)
         for cls in torch.unique(y).tolist():
             m = y == cls

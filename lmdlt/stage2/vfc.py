@@ -82,11 +82,11 @@ class MStep:
         log.info("M-step %d: class statistics from %s sampling (drawn per class %s)", self.step,
                  self.p["m_sampler"], counts.tolist())
 
-    def _batches(self, features, labels, generator):
+    def _batches(self, features, labels, generator, device=None):
         p = self.p
         if p["features"] == "virtual":
             return iter_virtual_batches(self.mu, self.chol, p["virtual_per_class"], p["m_batch_size"],
-                                        generator)
+                                        generator, device=device)
         # w/o VFC: R real features per class, drawn with replacement (class-balanced)
         y = np.asarray(labels)
         idx = np.concatenate([
@@ -130,7 +130,7 @@ class MStep:
                 total, n = float(loss.detach()), 1.0
         else:
             for _ in range(self.p["m_epochs"]):
-                for v, y in self._batches(features, labels, generator):
+                for v, y in self._batches(features, labels, generator, dev):
                     v, y = v.to(dev), y.to(dev)
                     loss = F.cross_entropy(layer(v), y)
                     opt.zero_grad(set_to_none=True)
