@@ -28,6 +28,8 @@ class Stage1Method(abc.ABC):
     def __init__(self, params: dict, class_counts: np.ndarray) -> None:
         self.p = params
         self.class_counts = np.asarray(class_counts)
+        self.epochs = 1
+        self.steps_per_epoch = 1
 
     @classmethod
     def params_schema(cls) -> dict:
@@ -49,6 +51,27 @@ class Stage1Method(abc.ABC):
 
     def after_step(self, net: nn.Module) -> None:
         """Hook after each optimiser step (default: nothing to update)."""
+
+    def on_train_start(self, net: nn.Module, epochs: int, steps_per_epoch: int) -> None:
+        """Called once before the first step: the run's length (for schedules such as DRW,
+        AdUni's alpha or ICCL's warm-up) and the network (for initialisation)."""
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+
+    def train_sampler(self) -> dict | None:
+        """The sampler this method is defined by, as ``{"name": ..., **options}`` (e.g. RS:
+        class-balanced); None leaves the variant's ``sampler`` in force."""
+        return None
+
+    def paired_sampler(self) -> dict | None:
+        """A second, differently sampled batch per step (e.g. ICCL's class-aware batch), as
+        ``{"name": ..., **options}``; when set, ``loss`` receives it as the keyword argument
+        ``paired=(x2, y2)``."""
+        return None
+
+    @property
+    def class_counts_tensor(self) -> torch.Tensor:
+        return torch.as_tensor(self.class_counts, dtype=torch.float32)
 
 
 def register(name: str):

@@ -19,7 +19,7 @@ from sklearn.metrics import balanced_accuracy_score
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.image_cache import ImageCache
-from ..data.samplers import make_sampler
+from ..data.samplers import make_sampler, set_sampler_epoch
 from ..data.splits import read_manifest
 from ..data.transforms import channel_stats
 from ..io import atomic_path, provenance
@@ -67,6 +67,39 @@ def predict_logits(net, images: np.ndarray, device, batch_size: int = 512) -> np
     return torch.cat(out).numpy() if out else np.zeros((0, net.classifier.out_features), np.float32)
 
 
+def _to(x, dev):
+    return (tuple(v.to(dev, non_blocking=True) for v in x) if isinstance(x, (tuple, list))
+            else x.to(dev, non_blocking=True))
+
+
+def _cycle(loader):
+    """Batches of ``loader`` for ever (a fresh pass, i.e. fresh draws, whenever one ends)."""
+    while True:
+        yield from loader
+
+
+def train_sampler_spec(cfg: dict, method) -> dict:
+    """The training sampler: the method's own (e.g. RS) or the variant's ``sampler`` setting."""
+    gamma = cfg.get("sampler_gamma", 0.0)
+    if cfg["sampler"] != "class_aware" and gamma:
+        raise ValueError(f"stage1.sampler_gamma ({gamma}) applies only to sampler class_aware, "
+                         f"not {cfg['sampler']!r}")
+    spec = method.train_sampler()
+    if spec is not None:
+        if cfg["sampler"] != "instance":
+            raise ValueError(f"stage-1 method {method.name!r} sets its own sampler ({spec}); "
+                             f"remove the variant's sampler: {cfg['sampler']!r} (use the method's params)")
+        return spec
+    return {"name": cfg["sampler"], **({"gamma": gamma} if cfg["sampler"] == "class_aware" else {})}
+
+
+def _loader(dataset, labels, spec: dict, cfg: dict, gen) -> DataLoader:
+    opts = {k: v for k, v in spec.items() if k != "name"}
+    sampler = make_sampler(labels, spec["name"], gen, epochs=cfg["epochs"], **opts)
+    return DataLoader(dataset, batch_size=cfg["batch_size"], sampler=sampler,
+                      drop_last=len(labels) > cfg["batch_size"])
+
+
 def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
                  threads: int | None = None, device: str = "auto") -> dict:
     """Train one stage-1 variant; returns the checkpoint's metadata."""
@@ -84,13 +117,17 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
     mean, std = channel_stats(x_tr)
     net = build_network(cfg["model"], x_tr.shape[-1], k, mean, std).to(dev)
     method = get_method(cfg["method"])(cfg["params"], counts)
+    dataset = _AugmentedImages(x_tr, y_tr, method.train_transform(cfg["augment"], x_tr.shape[1]))
+    loader = _loader(dataset, y_tr, train_sampler_spec(cfg, method), cfg, gen)
+    paired_spec = method.paired_sampler()
+    paired = _loader(dataset, y_tr, paired_spec, cfg, gen) if paired_spec else None
+    if paired_spec:
+        log.info("paired batches from sampler %s", paired_spec)
+    method.on_train_start(net, cfg["epochs"], len(loader))  # before modules(): they may need net
     extra = method.modules().to(dev)
     params = list(net.parameters()) + list(extra.parameters())
     opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"],
                           weight_decay=cfg["weight_decay"])
-    sampler = make_sampler(y_tr, cfg["sampler"], gen)
-    loader = DataLoader(_AugmentedImages(x_tr, y_tr, method.train_transform(cfg["augment"], x_tr.shape[1])),
-                        batch_size=cfg["batch_size"], sampler=sampler, drop_last=len(y_tr) > cfg["batch_size"])
     steps = cfg["epochs"] * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
 
@@ -102,11 +139,18 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
         extra.train()
         sums: dict[str, float] = {}
         correct = seen = 0
+        set_sampler_epoch(loader.sampler, epoch)
+        paired_batches = None
+        if paired is not None:
+            set_sampler_epoch(paired.sampler, epoch)
+            paired_batches = _cycle(paired)
         for x, y in loader:
-            x = (tuple(v.to(dev, non_blocking=True) for v in x) if isinstance(x, (tuple, list))
-                 else x.to(dev, non_blocking=True))
-            y = y.to(dev, non_blocking=True)
-            terms = method.loss(net, x, y, epoch)
+            x, y = _to(x, dev), y.to(dev, non_blocking=True)
+            if paired_batches is None:
+                terms = method.loss(net, x, y, epoch)
+            else:
+                x2, y2 = next(paired_batches)
+                terms = method.loss(net, x, y, epoch, paired=(_to(x2, dev), y2.to(dev, non_blocking=True)))
             loss = sum(terms.values())
             opt.zero_grad(set_to_none=True)
             loss.backward()

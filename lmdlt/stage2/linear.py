@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..data.samplers import make_sampler
+from ..data.samplers import make_sampler, set_sampler_epoch
 
 log = logging.getLogger("lmdlt.stage2")
 
@@ -25,24 +26,36 @@ LINEAR_PARAMS = {
 
 def train_linear(features: np.ndarray, labels: np.ndarray, num_classes: int, *, epochs: int,
                  batch_size: int, lr: float, momentum: float, weight_decay: float,
-                 sampler: str, generator: torch.Generator, init: nn.Linear | None = None) -> nn.Linear:
-    """SGD with a cosine schedule; ``init`` None means a freshly initialised layer."""
+                 sampler: str, generator: torch.Generator, init: nn.Module | None = None,
+                 sampler_options: dict | None = None,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 after_step: Callable[[nn.Module], None] | None = None) -> nn.Module:
+    """SGD with a cosine schedule; ``init`` None means a freshly initialised layer (any module
+    mapping features to logits may be passed: only its trainable parameters are optimised).
+    ``loss_fn(logits, labels, indices)`` replaces plain CE (``indices`` index ``features``, e.g.
+    to look up a teacher's logits); ``after_step(layer)`` runs after every optimiser step (e.g. a
+    weight-norm projection); ``sampler_options`` go to the sampler (class_aware: gamma)."""
     x = torch.as_tensor(features, dtype=torch.float32)
     y = torch.as_tensor(labels, dtype=torch.int64)
     layer = init if init is not None else nn.Linear(x.shape[1], num_classes)
-    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size,
-                        sampler=make_sampler(labels, sampler, generator))
-    opt = torch.optim.SGD(layer.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    smp = make_sampler(labels, sampler, generator, epochs=epochs, **(sampler_options or {}))
+    loader = DataLoader(TensorDataset(x, y, torch.arange(len(y))), batch_size=batch_size, sampler=smp)
+    opt = torch.optim.SGD([p for p in layer.parameters() if p.requires_grad], lr=lr, momentum=momentum,
+                          weight_decay=weight_decay)
     steps = max(epochs * len(loader), 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     for epoch in range(epochs):
+        set_sampler_epoch(smp, epoch)
         total = n = 0.0
-        for xb, yb in loader:
-            loss = F.cross_entropy(layer(xb), yb)
+        for xb, yb, ib in loader:
+            logits = layer(xb)
+            loss = F.cross_entropy(logits, yb) if loss_fn is None else loss_fn(logits, yb, ib)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            if after_step is not None:
+                after_step(layer)
             total += loss.item() * len(yb)
             n += len(yb)
         log.info("epoch %d/%d loss %.4f", epoch + 1, epochs, total / max(n, 1))

@@ -1,0 +1,93 @@
+"""Pieces shared by several stage-1 methods: class weights, cosine classifiers, projection
+heads, image interpolation and the supervised contrastive loss."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def effective_number_weights(counts, beta: float) -> torch.Tensor:
+    """Cui et al. 2019: w_k proportional to (1 - beta) / (1 - beta**n_k), normalised to sum to
+    the number of classes present; a class with no training image gets weight 0."""
+    n = torch.as_tensor(np.asarray(counts), dtype=torch.float64)
+    if not 0 <= beta < 1:
+        raise ValueError(f"beta must be in [0, 1), got {beta}")
+    w = torch.zeros_like(n)
+    present = n > 0
+    w[present] = (1 - beta) / (1 - beta ** n[present])
+    w = w / w.sum() * present.sum()
+    return w.float()
+
+
+def cosine_logits(net, x) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cosine similarities (B, K) between features and classifier rows, features)."""
+    feats = net.features(x)
+    w = net.classifier.weight
+    return F.normalize(feats, dim=1) @ F.normalize(w, dim=1).t(), feats
+
+
+@torch.no_grad()
+def project_to_cosine_classifier(classifier: nn.Linear) -> None:
+    """Unit-norm rows and zero bias: the network's plain logits ``W f + b`` then equal
+    ``||f|| * cos(f, w_k)``, whose arg-max is that of the cosine classifier a margin loss
+    (LDAM, GCL) trains. Applied at the start and after every optimiser step."""
+    classifier.weight.copy_(F.normalize(classifier.weight, dim=1))
+    if classifier.bias is not None:
+        classifier.bias.zero_()
+
+
+class ProjectionHead(nn.Module):
+    """SimCLR-style MLP (one hidden layer of the input width, ReLU) to L2-normalised embeddings."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True),
+                                 nn.Linear(in_dim, out_dim))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(feats), dim=1)
+
+
+def mix_images(x1: torch.Tensor, x2: torch.Tensor, lam) -> torch.Tensor:
+    """``lam * x1 + (1 - lam) * x2`` on the pixel scale (float), before normalisation; the
+    network's Normalize is affine, so this equals mixing normalised images."""
+    lam = torch.as_tensor(lam, dtype=torch.float32, device=x1.device)
+    if lam.dim() == 1:
+        lam = lam.view(-1, *([1] * (x1.dim() - 1)))
+    return lam * x1.float() + (1 - lam) * x2.float()
+
+
+def soft_cross_entropy(logits: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor, lam) -> torch.Tensor:
+    """Mean over the batch of ``lam * CE(y1) + (1 - lam) * CE(y2)`` (lam scalar or per sample)."""
+    logp = F.log_softmax(logits, dim=1)
+    lam = torch.as_tensor(lam, dtype=logits.dtype, device=logits.device)
+    nll1 = -logp.gather(1, y1[:, None]).squeeze(1)
+    nll2 = -logp.gather(1, y2[:, None]).squeeze(1)
+    return (lam * nll1 + (1 - lam) * nll2).mean()
+
+
+def supcon_loss(z: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020, L_out): for every anchor i among the
+    n embeddings ``z`` (L2-normalised), -1/|P(i)| sum_{p in P(i)} log softmax_{a != i}(z_i.z_a/tau)_p,
+    averaged over the anchors that have a positive."""
+    n = z.shape[0]
+    sim = z @ z.t() / tau
+    self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+    sim = sim.masked_fill(self_mask, float("-inf"))
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    pos = (labels[:, None] == labels[None, :]) & ~self_mask
+    n_pos = pos.sum(1)
+    has = n_pos > 0
+    if not has.any():
+        return z.sum() * 0.0
+    mean_log_pos = log_prob.masked_fill(~pos, 0.0).sum(1)[has] / n_pos[has]
+    return -mean_log_pos.mean()
+
+
+def two_views(transform):
+    """A per-sample transform returning two independently augmented views."""
+    def views(img):
+        return transform(img), transform(img)
+    return views

@@ -1,0 +1,44 @@
+"""CICL-style supervised contrastive representation learning (Marrakchi et al. 2021, after
+Khosla et al. 2020): two augmented views per image, a projection head to L2-normalised
+128-d embeddings, the supervised contrastive loss (``common.supcon_loss``, tau 0.1) trains
+the encoder. The network's linear classifier is trained at the same time on *detached*
+features (an online linear probe, ``probe: true``), so it does not shape the representation
+but gives stage-1 predictions and checkpoint selection; the balanced classifier comes from
+stage 2 (cRT), as in CICL's second stage."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.transforms import train_transform
+from .base import Stage1Method, register
+from .common import ProjectionHead, supcon_loss, two_views
+
+
+@register("supcon")
+class SupervisedContrastive(Stage1Method):
+    params = {
+        "tau": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
+        "dim": {"type": "integer", "minimum": 1, "default": 128},
+        "probe": {"type": "boolean", "default": True},
+    }
+
+    def train_transform(self, augment, size):
+        return two_views(train_transform(augment, size))
+
+    def on_train_start(self, net, epochs, steps_per_epoch):
+        super().on_train_start(net, epochs, steps_per_epoch)
+        self.head = ProjectionHead(net.feature_dim, self.p["dim"])
+
+    def modules(self):
+        return nn.ModuleDict({"head": self.head})
+
+    def loss(self, net, x, y, epoch):
+        v1, v2 = x
+        feats = net.features(torch.cat([v1, v2]))
+        z = self.head(feats)
+        terms = {"supcon": supcon_loss(z, torch.cat([y, y]), self.p["tau"])}
+        if self.p["probe"]:
+            terms["probe_ce"] = F.cross_entropy(net.classifier(feats.detach()), torch.cat([y, y]))
+        return terms

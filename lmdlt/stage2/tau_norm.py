@@ -1,0 +1,52 @@
+"""tau-normalisation (Kang et al. 2020): the stage-1 classifier's weights rescaled per class,
+w_k / ||w_k||^tau, bias dropped. tau is swept over a grid (default 0, 0.1, ..., 2) and the value
+with the best balanced accuracy on the *validation* split is kept (ties: the smallest tau); the
+test split is never seen (``fit`` does not receive it)."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score
+
+from .base import Stage2Method, register
+
+
+def tau_normalised(weight: np.ndarray, tau: float) -> np.ndarray:
+    norms = np.linalg.norm(weight, axis=1, keepdims=True)
+    return weight / np.maximum(norms, 1e-12) ** tau
+
+
+@register("tau_norm")
+class TauNorm(Stage2Method):
+    params = {
+        "tau_min": {"type": "number", "minimum": 0, "default": 0.0},
+        "tau_max": {"type": "number", "minimum": 0, "default": 2.0},
+        "tau_step": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
+    }
+
+    def grid(self) -> np.ndarray:
+        lo, hi, step = self.p["tau_min"], self.p["tau_max"], self.p["tau_step"]
+        if hi < lo:
+            raise ValueError(f"tau_norm: tau_max {hi} < tau_min {lo}")
+        return np.round(lo + step * np.arange(int(np.floor((hi - lo) / step + 1e-9)) + 1), 10)
+
+    def fit(self, train, val, stage1_classifier, generator):
+        if stage1_classifier is None:
+            raise ValueError("tau_norm needs the stage-1 classifier (weight) in the features file")
+        if val is None or len(val["labels"]) == 0:
+            raise ValueError("tau_norm selects tau on the validation split, which is empty")
+        w = np.asarray(stage1_classifier["weight"], dtype=np.float64)
+        self.scores = {}
+        for tau in self.grid():
+            pred = (val["features"] @ tau_normalised(w, tau).T).argmax(1)
+            self.scores[float(tau)] = float(balanced_accuracy_score(val["labels"], pred))
+        self.tau = max(self.scores, key=lambda t: (self.scores[t], -t))
+        self.weight = tau_normalised(w, self.tau).astype(np.float32)
+
+    def logits(self, features):
+        return np.asarray(features, dtype=np.float32) @ self.weight.T
+
+    def state(self):
+        return {"weight": self.weight}
+
+    def summary(self):
+        return {"tau": self.tau, "val_bacc": self.scores[self.tau]}
