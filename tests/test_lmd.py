@@ -259,3 +259,87 @@ def test_icc_runs_and_reinitialises_or_keeps_classifier():
         assert m.logits(np.zeros((4, m.net.feature_dim), np.float32)).shape == (4, k)
         with pytest.raises(RuntimeError, match="train-stage2-encoder"):
             m.fit({}, {}, None, g)
+
+
+# --- the encoder path: lmdlt train-stage2-encoder writes the runner's predictions layout ------
+
+SPLIT_CFG = {"protocol": "cui", "imbalance_ratio": 50, "val_per_class": 15, "test_per_class": 30,
+             "n_cap": None, "class_order": "count"}
+
+
+@pytest.fixture(scope="module")
+def digits_chain(tmp_path_factory):
+    from lmdlt.config import validate_variant
+    from lmdlt.data.image_cache import build_image_cache
+    from lmdlt.data.sources import get_source
+    from lmdlt.data.splits import build_split, write_manifest
+    from lmdlt.features import extract_features
+    from lmdlt.io import provenance
+    from lmdlt.stage1.trainer import train_stage1
+
+    d = tmp_path_factory.mktemp("lmd")
+    src = get_source("digits")
+    build_image_cache(src, 8, d / "images.h5", provenance("image_cache", {"size": 8}))
+    index = src.index()
+    write_manifest(d / "split.parquet", build_split(index, SPLIT_CFG, 0), index.class_names,
+                   provenance("split", SPLIT_CFG, seed=0))
+    cfg = validate_variant("stage1", {"method": "rrl", "epochs": 2, "batch_size": 32, "lr": 0.05,
+                                      "params": {"consistency_start_epoch": 1, "flip": False}})
+    train_stage1(d / "split.parquet", d / "images.h5", cfg, 0, d / "model.pt", threads=1, device="cpu")
+    extract_features(d / "model.pt", d / "split.parquet", d / "images.h5", d / "features.h5",
+                     threads=1, device="cpu")
+    return d
+
+
+def test_encoder_runner_writes_the_same_layout_as_the_features_runner(digits_chain):
+    import h5py
+
+    from lmdlt.config import validate_variant
+    from lmdlt.io import h5_read_provenance
+    from lmdlt.metrics import evaluate_file
+    from lmdlt.stage2.runner import run_stage2, run_stage2_encoder
+
+    d = digits_chain
+    small = {"virtual_per_class": 50, "m_lr": 0.05, "m_batch_size": 64}
+    icc = validate_variant("stage2", {"method": "icc", "params": {**small, "iterations": 2, "e_lr": 1e-3,
+                                                                 "e_batch_size": 64}})
+    vfc = validate_variant("stage2", {"method": "vfc", "params": dict(small)})
+    summary = run_stage2_encoder(d / "model.pt", d / "split.parquet", d / "images.h5", icc, 0,
+                                 d / "icc.h5", threads=1, device="cpu")
+    assert summary["iterations"] == 2 and summary["seconds_per_iteration"] > 0
+    run_stage2(d / "features.h5", vfc, 0, d / "vfc.h5", threads=1)
+    with h5py.File(d / "icc.h5") as a, h5py.File(d / "vfc.h5") as b:
+        for split in ("train", "val", "test"):
+            assert set(a[split]) == set(b[split]) == {"logits", "labels", "ids"}
+            assert a[split]["logits"].shape == b[split]["logits"].shape
+            np.testing.assert_array_equal(a[split]["labels"][:], b[split]["labels"][:])
+            assert list(a[split]["ids"].asstr()[:]) == list(b[split]["ids"].asstr()[:])
+        assert a.attrs["split_hash"] == b.attrs["split_hash"]
+        assert a.attrs["checkpoint_sha256"] == b.attrs["checkpoint_sha256"]
+        assert a["state/history/seconds"].shape == (2,)
+        prov = h5_read_provenance(a)
+        assert prov["config"]["method"] == "icc" and "checkpoint" in prov["parents"]
+    metrics = evaluate_file(d / "icc.h5", {"rule": "rank", "sizes": [3, 4, 3]}, d / "icc.json")
+    assert 0.0 <= metrics["metrics"]["bacc"] <= 1.0
+    with pytest.raises(ValueError, match="train-stage2-encoder"):
+        run_stage2(d / "features.h5", icc, 0, d / "bad.h5", threads=1)
+    with pytest.raises(ValueError, match="cached features"):
+        run_stage2_encoder(d / "model.pt", d / "split.parquet", d / "images.h5", vfc, 0, d / "bad.h5")
+    assert not (d / "bad.h5").exists()
+
+
+def test_snakemake_routes_encoder_methods_to_their_own_rule(tmp_path):
+    from conftest import REPO, dry_run_jobs, write_config
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["seeds"] = [0]
+    cfg["stage1"] = {"ce": cfg["stage1"]["ce"], "rrl": cfg["stage1"]["rrl"]}
+    cfg["stage2"] = {k: cfg["stage2"][k] for k in ("crt", "vfc", "icc", "icc_nofdc")}
+    cfg["stage2"]["crt"]["stage1"] = ["ce", "rrl"]
+    write_config(tmp_path, cfg)
+    jobs = dry_run_jobs(tmp_path)
+    # icc on ce and rrl + icc_nofdc on rrl: 3 encoder jobs; crt on both + vfc on rrl: 3 feature jobs
+    assert jobs["train_stage2_encoder"] == 3
+    assert jobs["train_stage2"] == 3
+    assert jobs["evaluate_stage2"] == 6
