@@ -100,7 +100,7 @@ def cmd_train_stage2_encoder(a):
 def cmd_evaluate(a):
     from .metrics import evaluate_file
 
-    evaluate_file(a.predictions, a.groups, a.out, split=a.split_name)
+    evaluate_file(a.predictions, a.groups, a.out, split=a.split_name, manifest_path=a.manifest)
 
 
 def cmd_report_table(a):
@@ -113,6 +113,37 @@ def cmd_report_figure(a):
     from .report.figures import per_class_recall_figure
 
     per_class_recall_figure(a.rows, a.out, a.title)
+
+
+def cmd_report_paper_table(a):
+    from .report.paper_tables import write_paper_table
+
+    write_paper_table(a.spec, a.out_csv, a.out_md, a.out_tex)
+
+
+def cmd_report_combine(a):
+    from .report.paper_tables import render
+
+    render(a.csv, a.title, a.out_md, a.out_tex, a.label)
+
+
+def cmd_report_sweep_figure(a):
+    from .report.figures import sweep_figure
+
+    sweep_figure(a.spec, a.out_png, a.out_pdf)
+
+
+def cmd_report_tsne(a):
+    from .report.figures import tsne_figures
+
+    tsne_figures(a.spec, a.groups, {"fig4_png": a.fig4_png, "fig4_pdf": a.fig4_pdf,
+                                    "fig5_png": a.fig5_png, "fig5_pdf": a.fig5_pdf})
+
+
+def cmd_report_class_distribution(a):
+    from .report.figures import class_distribution_figure
+
+    class_distribution_figure(a.spec, a.out_png, a.out_pdf)
 
 
 def cmd_validate_config(a):
@@ -193,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--predictions", required=True)
     s.add_argument("--groups", type=_json, required=True, help="head/medium/tail rule (JSON)")
     s.add_argument("--split-name", default="test")
+    s.add_argument("--manifest", default=None,
+                   help="split manifest: check provenance and that no evaluated image leaks into another split")
     s.add_argument("--out", required=True)
 
     s = add("report-table", cmd_report_table, "results table (Markdown + CSV), mean +- std over seeds")
@@ -207,6 +240,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rows", type=_json, required=True)
     s.add_argument("--title", default="")
     s.add_argument("--out", required=True)
+
+    s = add("report-paper-table", cmd_report_paper_table,
+            "one of the paper's Tables 1-5 (CSV, Markdown, LaTeX) from the per-run metric files")
+    s.add_argument("--spec", type=_json, required=True,
+                   help="the table's resolved spec (JSON; lmdlt.report.spec.table_specs)")
+    s.add_argument("--out-csv", required=True)
+    s.add_argument("--out-md", required=True)
+    s.add_argument("--out-tex", required=True)
+
+    s = add("report-combine", cmd_report_combine,
+            "render one table from several experiments' CSVs side by side (Table 3: r = 100/300/500)")
+    s.add_argument("csv", nargs="+", help="per-experiment table CSVs (results/<name>/tables/table3.csv)")
+    s.add_argument("--title", default="Table 3: comparisons across imbalance ratios (AUC, BACC)")
+    s.add_argument("--label", default="table3", help="LaTeX label (tab:<label>)")
+    s.add_argument("--out-md", required=True)
+    s.add_argument("--out-tex", required=True)
+
+    s = add("report-sweep-figure", cmd_report_sweep_figure, "Figs. 3, 6, 7: metrics against a swept setting")
+    s.add_argument("--spec", type=_json, required=True)
+    s.add_argument("--out-png", required=True)
+    s.add_argument("--out-pdf", default=None)
+
+    s = add("report-tsne", cmd_report_tsne, "Figs. 4-5: t-SNE of features (head/medium/tail, tail classes)")
+    s.add_argument("--spec", type=_json, required=True)
+    s.add_argument("--groups", type=_json, required=True, help="head/medium/tail rule (JSON)")
+    s.add_argument("--fig4-png", required=True)
+    s.add_argument("--fig4-pdf", default=None)
+    s.add_argument("--fig5-png", required=True)
+    s.add_argument("--fig5-pdf", default=None)
+
+    s = add("report-class-distribution", cmd_report_class_distribution,
+            "images per class in every split, per seed")
+    s.add_argument("--spec", type=_json, required=True)
+    s.add_argument("--out-png", required=True)
+    s.add_argument("--out-pdf", default=None)
 
     s = add("validate-config", cmd_validate_config, "validate a config file and print it with defaults filled")
     s.add_argument("config", type=Path)

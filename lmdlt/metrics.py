@@ -40,6 +40,24 @@ def class_groups(train_counts: np.ndarray, rule: dict) -> dict[str, list[int]]:
     raise ValueError(f"groups.rule: unknown rule {rule['rule']!r} (known: shots, rank)")
 
 
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
+    """Expected calibration error of the top-1 prediction (Guo et al. 2017), equal-width bins.
+
+    Images are binned by their confidence (the largest probability) into ``n_bins`` intervals
+    (0, 1/n], (1/n, 2/n], ...; ECE = sum over bins of (images in bin / N) * |accuracy in bin -
+    mean confidence in bin|. scikit-learn has no ECE; this is the standard binned estimator.
+    """
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    conf = probs.max(1)
+    correct = (probs.argmax(1) == labels).astype(np.float64)
+    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    n = np.bincount(bins, minlength=n_bins)
+    acc_sum = np.bincount(bins, weights=correct, minlength=n_bins)
+    conf_sum = np.bincount(bins, weights=conf, minlength=n_bins)
+    return float(np.abs(acc_sum - conf_sum).sum() / len(labels))
+
+
 def compute_metrics(labels: np.ndarray, logits: np.ndarray, groups: dict[str, list[int]]) -> dict:
     """All metrics of one run on one split."""
     k = logits.shape[1]
@@ -50,12 +68,15 @@ def compute_metrics(labels: np.ndarray, logits: np.ndarray, groups: dict[str, li
     out = {
         "bacc": skm.balanced_accuracy_score(labels, pred),
         "accuracy": skm.accuracy_score(labels, pred),
-        "auc": skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=classes),
+        # binary: sklearn wants the positive class's score; K > 2: macro one-vs-rest
+        "auc": (skm.roc_auc_score(labels, probs[:, 1]) if k == 2 else
+                skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=classes)),
         "f1": skm.f1_score(labels, pred, labels=classes, average="macro", zero_division=0),
         "precision": skm.precision_score(labels, pred, labels=classes, average="macro", zero_division=0),
         "recall": skm.recall_score(labels, pred, labels=classes, average="macro", zero_division=0),
         "kappa_quadratic": skm.cohen_kappa_score(labels, pred, labels=classes, weights="quadratic"),
         "kappa": skm.cohen_kappa_score(labels, pred, labels=classes),
+        "ece": expected_calibration_error(labels, probs),
     }
     for g in GROUPS:
         ids = groups.get(g, [])
@@ -66,23 +87,69 @@ def compute_metrics(labels: np.ndarray, logits: np.ndarray, groups: dict[str, li
     return out
 
 
-def evaluate_file(predictions_path, group_rule: dict, out_path, split: str = "test") -> dict:
-    """Metrics of a features or predictions HDF5 file (its ``/<split>/logits``) to JSON."""
+def check_against_manifest(predictions_path, f, manifest_path, split: str) -> None:
+    """Provenance and leak guards before any metric is computed.
+
+    The predictions must come from this split manifest (same content hash), cover exactly its
+    ``split`` images, and no evaluated image id (nor, when the source has groups such as
+    HAM10000's lesion_id, any evaluated group) may occur in another split.
+    """
+    from .data.splits import read_manifest
+
+    table, meta = read_manifest(manifest_path)
+    recorded = f.attrs.get("split_hash")
+    if recorded != meta["content_hash"]:
+        raise ValueError(f"{predictions_path} was computed on split {recorded}, not on "
+                         f"{manifest_path} ({meta['content_hash']}); re-run its stages")
+    evaluated = set(f[f"{split}/ids"].asstr()[:])
+    expected = set(table.loc[table["split"] == split, "id"])
+    if evaluated != expected:
+        extra = sorted(evaluated - expected)[:3]
+        missing = sorted(expected - evaluated)[:3]
+        raise ValueError(f"{predictions_path}: its {split} images differ from the manifest's "
+                         f"(not in the manifest's {split} split: {extra}; missing: {missing})")
+    others = table[table["split"] != split]
+    leaked = evaluated & set(others["id"])
+    if leaked:
+        raise ValueError(f"split leak: {split} image {sorted(leaked)[0]!r} is also in another split "
+                         f"of {manifest_path}")
+    if "group" in table.columns:
+        groups = set(table.loc[table["split"] == split, "group"].dropna())
+        shared = groups & set(others["group"].dropna())
+        if shared:
+            raise ValueError(f"split leak: group {sorted(map(str, shared))[0]!r} has images in the "
+                             f"{split} split and in another split of {manifest_path}")
+
+
+def evaluate_file(predictions_path, group_rule: dict, out_path, split: str = "test",
+                  manifest_path=None) -> dict:
+    """Metrics of a features or predictions HDF5 file (its ``/<split>/logits``) to JSON.
+
+    With ``manifest_path`` (as the pipeline always passes) the provenance and leak guards of
+    ``check_against_manifest`` run first.
+    """
     with h5py.File(predictions_path, "r") as f:
         parent = h5_read_provenance(f)
+        if manifest_path is not None:
+            check_against_manifest(predictions_path, f, manifest_path, split)
         class_names = [str(c) for c in f.attrs["class_names"]]
         train_counts = np.bincount(f["train/labels"][:], minlength=len(class_names))
         labels, logits = f[f"{split}/labels"][:], f[f"{split}/logits"][:]
+    if not np.isfinite(logits).all():
+        raise ValueError(f"{predictions_path}: non-finite logits in the {split} split")
     groups = class_groups(train_counts, group_rule)
     result = compute_metrics(labels, logits, groups)
     log.info("%s on %s: %s", predictions_path, split,
              " ".join(f"{k} {v:.4f}" for k, v in result.items() if not isinstance(v, list)))
+    parents = {"predictions": sha256_file(predictions_path)}
+    if manifest_path is not None:
+        parents["split"] = parent["parents"].get("split")
     record = {
         "split": split, "metrics": result, "class_names": class_names,
         "train_counts": train_counts.tolist(), "groups": groups, "group_rule": group_rule,
         "n_images": int(len(labels)),
         "provenance": provenance("evaluate", {"group_rule": group_rule, "split": split},
-                                 {"predictions": sha256_file(predictions_path)}, parent.get("seed")),
+                                 parents, parent.get("seed")),
     }
     write_json(out_path, record)
     return record

@@ -1,9 +1,11 @@
 # Evaluation on the test split: the stage-1 classifier alone, and every stage-2 variant.
+# The split manifest is an input so that evaluation checks provenance and leaks first.
 
 
 rule evaluate_stage1:
     input:
-        FEATURES,
+        predictions=FEATURES,
+        split=SPLIT,
     output:
         STAGE1_METRICS,
     params:
@@ -11,12 +13,14 @@ rule evaluate_stage1:
     log:
         LOGS + "/seed{seed}/evaluate_{s1}.log",
     shell:
-        "lmdlt evaluate --predictions {input} --groups {params.groups:q} --out {output} > {log} 2>&1"
+        "lmdlt evaluate --predictions {input.predictions} --manifest {input.split} --groups {params.groups:q}"
+        " --out {output} > {log} 2>&1"
 
 
 rule evaluate_stage2:
     input:
-        PREDICTIONS,
+        predictions=PREDICTIONS,
+        split=SPLIT,
     output:
         STAGE2_METRICS,
     params:
@@ -24,4 +28,5 @@ rule evaluate_stage2:
     log:
         LOGS + "/seed{seed}/evaluate_{s1}_{s2}.log",
     shell:
-        "lmdlt evaluate --predictions {input} --groups {params.groups:q} --out {output} > {log} 2>&1"
+        "lmdlt evaluate --predictions {input.predictions} --manifest {input.split} --groups {params.groups:q}"
+        " --out {output} > {log} 2>&1"
