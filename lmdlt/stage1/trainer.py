@@ -35,7 +35,7 @@ class _AugmentedImages(Dataset):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform) -> None:
         self.images = torch.from_numpy(images).permute(0, 3, 1, 2)
-        self.labels = torch.from_numpy(labels)
+        self.labels = torch.from_numpy(np.array(labels))  # a writable copy
         self.transform = transform
 
     def __len__(self) -> int:
