@@ -41,6 +41,7 @@ def fake_isic(root, rows):
     pd.DataFrame(recs, columns=ISIC_COLS).to_csv(root / "ISIC_2019_Training_GroundTruth.csv", index=False)
 
 
+@pytest.mark.realdata
 def test_isic2019_real_csv(shared_data):
     idx = get_source("isic2019", str(shared_data / "isic2019")).index()
     counts = dict(zip(idx.class_names, np.bincount(idx.table["label"], minlength=8)))
@@ -109,6 +110,7 @@ def fake_ham(root, n=12, dx=None, image_dir="images"):
     return root
 
 
+@pytest.mark.realdata
 def test_ham10000_real_metadata(shared_data):
     src = get_source("ham10000", str(shared_data / "ham10000"), {"image_dirs": ["images_200x150"]})
     idx = src.index()
@@ -148,6 +150,7 @@ def test_ham10000_official_two_part_layout(tmp_path):
 
 # ---------------------------------------------------------------------------- Hyper-Kvasir
 
+@pytest.mark.realdata
 def test_hyper_kvasir_real_labels_and_official_folds(shared_data):
     root = shared_data / "hyper_kvasir"
     idx = get_source("hyper_kvasir", str(root)).index()
@@ -225,6 +228,7 @@ JU_TRAIN = {100: [5000, 2590, 1342, 695, 360, 187, 97, 51], 200: [5000, 2346, 11
 
 
 @pytest.mark.parametrize("r", [100, 200, 500])
+@pytest.mark.realdata
 def test_ju_isic2019_lists(shared_data, r):
     files = {s: f"{s}_{r}.npy" for s in ("train", "val", "test")}
     idx = get_source("isic_lists", str(shared_data / "isic_lt_splits" / "isic2019_8class"),
@@ -234,6 +238,7 @@ def test_ju_isic2019_lists(shared_data, r):
     assert per.loc["val"].tolist() == [50] * 8 and per.loc["test"].tolist() == [100] * 8
 
 
+@pytest.mark.realdata
 def test_ju_isic_archive_lists(shared_data):
     idx = get_source("isic_lists", str(shared_data / "isic_lt_splits" / "isic_archive_14class")).index()
     sizes = idx.table["fold"].value_counts().to_dict()
@@ -330,6 +335,7 @@ def test_cifar_pickles(tmp_path):
 
 # ---------------------------------------------------------------------------- image cache
 
+@pytest.mark.realdata
 def test_cache_equals_fresh_decode_on_real_jpegs(shared_data, tmp_path):
     meta = pd.read_csv(shared_data / "ham10000" / "HAM10000_metadata.csv").iloc[::500]
     root = tmp_path / "ham"

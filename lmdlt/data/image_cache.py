@@ -56,9 +56,15 @@ class ImageCache:
             rows = np.array([self._row[i] for i in ids], dtype=np.int64)
         except KeyError as e:
             raise KeyError(f"image id {e.args[0]!r} is not in the image cache {self.path}") from None
-        order = np.argsort(rows)
         out = np.empty((len(rows),) + tuple(self.shape[1:]), dtype=np.uint8)
         with h5py.File(self.path, "r") as f:
-            if len(rows):
-                out[order] = f["images"][rows[order]]  # h5py wants increasing indices
+            images = f["images"]
+            # one contiguous read per block of BLOCK rows that holds wanted rows (h5py's point
+            # selection is slow for thousands of rows); memory stays bounded by one block
+            block_of = rows // BLOCK
+            for b in np.unique(block_of):
+                sel = np.flatnonzero(block_of == b)
+                start = int(b) * BLOCK
+                chunk = images[start:min(start + BLOCK, self.shape[0])]
+                out[sel] = chunk[rows[sel] - start]
         return out

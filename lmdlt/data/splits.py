@@ -15,8 +15,9 @@ Protocols are registered by name; adding one is one function here plus its test:
 
 ``split.grouped: true`` (``lmd`` and ``random``) keeps every group of the index's ``group``
 column (HAM10000 ``lesion_id``) in one split: groups, not images, are allocated, so no lesion
-crosses train/val/test. Without it a source's groups are kept in the manifest and the overlap is
-reported (``group_overlap``), so the leak of a naive split can be measured.
+crosses train/val/test. ``split.grouped: false`` accepts a naive split: the groups stay in the
+manifest and the overlap is reported (``group_overlap``), so the leak can be measured. Left out,
+a split whose groups cross splits is an error.
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def _per_class_fractions(n: int, val_fraction: float, test_fraction: float,
     n_test = int(round(n * test_fraction))
     if n >= 3:  # every split sees every class when the class has images enough
         n_val, n_test = max(n_val, 1), max(n_test, 1)
-    if n_val + n_test >= n:
+    if n_val + n_test >= n or (n < 3 and val_fraction > 0 and test_fraction > 0):
         raise ValueError(f"class {class_name!r} has {n} images: too few to split "
                          f"{val_fraction}/{test_fraction} for val/test and keep a training image")
     return n_val, n_test
@@ -236,7 +237,8 @@ def build_split(index: SourceIndex, cfg: dict, seed: int) -> pd.DataFrame:
     split = _PROTOCOLS[proto](index, cfg, rng)
     table = index.table.assign(split=split.to_numpy())
     table = table[table["split"] != ""].copy()
-    check_disjoint(table, groups=bool(cfg.get("grouped", False)))
+    # grouped absent: a split that leaks groups is an error; grouped: false accepts (and reports) it
+    check_disjoint(table, groups=cfg.get("grouped") is not False)
     for s in SPLITS:
         missing = set(range(len(index.class_names))) - set(table.loc[table["split"] == s, "label"])
         if missing:
@@ -257,7 +259,8 @@ def check_disjoint(table: pd.DataFrame, groups: bool = True) -> None:
         per_group = table.groupby("group")["split"].nunique()
         bad = per_group[per_group > 1]
         if len(bad):
-            raise ValueError(f"split leak: group {bad.index[0]!r} crosses splits")
+            raise ValueError(f"split leak: group {bad.index[0]!r} crosses splits (set split.grouped: "
+                             "true to split by group, or false to accept a naive split)")
 
 
 def group_overlap(table: pd.DataFrame) -> dict:

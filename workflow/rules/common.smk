@@ -4,6 +4,14 @@ import json
 
 from lmdlt.config import ConfigError, pairs, row_label, validate_config
 
+# `--configfile` files are deep-merged over the Snakefile's config.yaml, which would leak the
+# default experiment's variants (stage1/stage2/groups...) into an experiment config: config
+# files given on the command line replace config.yaml instead (later files and --config still
+# update them, so overlays and `--config dataset='{root: ...}'` work).
+if workflow.config_settings.configfiles:
+    config.clear()
+    config.update(json.loads(json.dumps(workflow.config_settings.overwrite_config)))
+
 try:
     validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 except ConfigError as e:

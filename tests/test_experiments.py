@@ -1,0 +1,141 @@
+"""The experiment configs in workflow/experiments/: valid, and a Snakemake dry-run of each on a
+data root given on the command line (a small fake tree for datasets whose images are not in
+../shared/data)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import run_snakemake
+from PIL import Image
+
+from lmdlt.config import load_config
+from lmdlt.data.splits import group_overlap, read_manifest
+
+REPO = Path(__file__).resolve().parent.parent
+EXPERIMENTS = REPO / "workflow" / "experiments"
+CONFIGS = sorted(EXPERIMENTS.glob("*.yaml"))
+OVERLAYS = sorted((EXPERIMENTS / "overlays").glob("isic2019-lt-r*.yaml"))
+
+
+def jpeg(path: Path, seed: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(path, "JPEG")
+
+
+def fake_isic2019(root: Path) -> None:
+    cols = ["image", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]
+    rows = []
+    for i, c in enumerate(cols[1:-1]):
+        rows.append([f"ISIC_{i:07d}"] + [1.0 if k == c else 0.0 for k in cols[1:]])
+        jpeg(root / "ISIC_2019_Training_Input" / f"ISIC_{i:07d}.jpg", i)
+    pd.DataFrame(rows, columns=cols).to_csv(root / "ISIC_2019_Training_GroundTruth.csv", index=False)
+
+
+def fake_hyper_kvasir(root: Path) -> None:
+    pd.DataFrame([{"Video file": "u1", "Organ": "Lower GI", "Finding": "polyps",
+                   "Classification": "pathological-findings"}]).to_csv(root / "image-labels.csv", index=False)
+    jpeg(root / "labeled-images" / "lower-gi-tract" / "pathological-findings" / "polyps" / "u1.jpg")
+
+
+def fake_isic_archive(root: Path) -> None:
+    jpeg(root / "ISIC_0062513.jpg")
+
+
+FAKE = {"isic2019": fake_isic2019, "hyper_kvasir": fake_hyper_kvasir, "isic_lists": fake_isic_archive}
+
+
+def test_there_are_the_four_experiments_and_overlays():
+    names = {p.stem for p in CONFIGS}
+    assert {"isic2019-lt", "isic-archive-lt", "hyper-kvasir", "ham10000-lt"} <= names
+    assert {p.stem for p in OVERLAYS} >= {"isic2019-lt-r300", "isic2019-lt-r500"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_experiment_config_is_complete_and_valid(path):
+    raw = yaml.safe_load(path.read_text())
+    # fully defined: nothing may be inherited from config.yaml (dataset, split, stages, groups)
+    for key in ("dataset", "split", "seeds", "groups", "stage1", "stage2", "report"):
+        assert key in raw, f"{path.name} lacks {key}"
+    assert raw["dataset"]["root"], f"{path.name}: dataset.root must be set (overridable)"
+    cfg = load_config(path)
+    assert cfg["dataset"]["name"]
+
+
+def _override(data_root: Path, source: str, shared: Path | None) -> list[str]:
+    ds = {"root": str(data_root)}
+    if source == "isic_lists":
+        ds["options"] = {"lists": str(shared / "isic_lt_splits" / "isic_archive_14class")}
+    return ["--config", "dataset=" + json.dumps(ds)]
+
+
+def _dry_run(tmp_path: Path, configfiles: list[Path], shared_data: Path) -> tuple[str, dict]:
+    cfg = load_config(configfiles[0])
+    source = cfg["dataset"]["source"]
+    if source == "ham10000":
+        root = shared_data / "ham10000"  # the real images are there
+    else:
+        root = tmp_path / "data"
+        root.mkdir()
+        FAKE[source](root)
+    work = tmp_path / "work"
+    work.mkdir()
+    # as when run from the repository root: the default config.yaml is there too, and must not
+    # leak its variants into the experiment
+    (work / "config.yaml").write_text((REPO / "config.yaml").read_text())
+    proc = run_snakemake(work, "-n", "-p", "--configfile", *map(str, configfiles),
+                         *_override(root, source, shared_data))
+    out = proc.stdout + proc.stderr
+    assert "This was a dry-run" in out
+    assert not any(p.name not in (".snakemake", "config.yaml") for p in work.iterdir()), \
+        "a dry-run wrote outputs"
+    return out, {"root": str(root)}
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_experiment_dry_run(tmp_path, shared_data, path):
+    out, info = _dry_run(tmp_path, [path], shared_data)
+    cfg = load_config(path)
+    name = cfg["dataset"]["name"]
+    # every stage is scheduled, for every seed, with the root given on the command line
+    for rule in ("image_cache", "split", "train_stage1", "extract_features", "results_table"):
+        assert re.search(rf"^{rule}\s+\d+$", out, re.M), f"{rule} not scheduled for {path.name}"
+    n_stage1 = int(re.search(r"^train_stage1\s+(\d+)$", out, re.M).group(1))
+    assert n_stage1 == len(cfg["stage1"]) * len(cfg["seeds"]), "config.yaml's variants leaked in"
+    assert f"results/{name}/images_{cfg['dataset']['image_size']}px.h5" in out
+    for seed in cfg["seeds"]:
+        assert f"results/{name}/seed{seed}/split.parquet" in out
+    assert f'"root": "{info["root"]}"' in out
+    assert f'"protocol": "{cfg["split"]["protocol"]}"' in out
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.stem)
+def test_isic2019_overlays_change_r_and_folder_only(tmp_path, shared_data, overlay):
+    out, _ = _dry_run(tmp_path, [EXPERIMENTS / "isic2019-lt.yaml", overlay], shared_data)
+    over = yaml.safe_load(overlay.read_text())
+    r, name = over["split"]["imbalance_ratio"], over["dataset"]["name"]
+    assert f'"imbalance_ratio": {r}' in out and f"results/{name}/seed0/split.parquet" in out
+    assert "isic2019-lt-r100" not in out
+    assert '"protocol": "lmd"' in out and '"source": "isic2019"' in out  # the rest is the base config
+
+
+@pytest.mark.realdata
+def test_ham10000_split_rule_runs_lesion_grouped(tmp_path, shared_data):
+    """The real rule on the real metadata: a lesion-grouped manifest, no lesion in two splits."""
+    work = tmp_path / "work"
+    work.mkdir()
+    target = "results/ham10000-lt/seed0/split.parquet"
+    run_snakemake(work, target, "--cores", "1", "--configfile", str(EXPERIMENTS / "ham10000-lt.yaml"),
+                  "--config", "dataset=" + json.dumps({"root": str(shared_data / "ham10000")}))
+    table, meta = read_manifest(work / target)
+    assert group_overlap(table)["groups_in_several_splits"] == 0
+    assert table.groupby("split").size().sum() == 9423
+    assert meta["provenance"]["config"]["split"]["grouped"] is True
