@@ -33,3 +33,17 @@ def test_json_and_provenance(tmp_path):
     assert prov["code_version"].startswith("0.")
     write_json(tmp_path / "p.json", prov)
     assert read_json(tmp_path / "p.json") == prov
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".out.h5.tmp-{dead}"
+    stale.write_bytes(b"half-written by a killed job")
+    with atomic_path(tmp_path / "out.h5") as tmp:
+        tmp.write_bytes(b"complete")
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]
