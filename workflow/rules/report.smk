@@ -6,7 +6,8 @@ rule results_table:
     input:
         [f for row in report_rows() for f in row["files"].values()],
     output:
-        md=REPORT_TABLE_MD,
+        md=report(REPORT_TABLE_MD, caption="../report/results_table.rst", category="Tables",
+                  labels={"table": "all runs"}),
         csv=REPORT_TABLE_CSV,
     params:
         rows=as_json(report_rows()),
@@ -25,7 +26,8 @@ rule per_class_recall_figure:
     input:
         [f for row in report_rows() for f in row["files"].values()],
     output:
-        REPORT_FIGURE,
+        report(REPORT_FIGURE, caption="../report/per_class_recall.rst", category="Figures",
+               labels={"figure": "per-class recall"}),
     params:
         rows=as_json(report_rows()),
         title=config["report"]["title"],
@@ -34,3 +36,163 @@ rule per_class_recall_figure:
     localrule: True
     shell:
         "lmdlt report-figure --rows {params.rows:q} --title {params.title:q} --out {output} > {log} 2>&1"
+
+
+report: "../report/workflow.rst"
+
+
+# ---- the paper's tables and figures, as declared in the config's report: section ----
+# Resolved once (lmdlt.report.spec): which runs feed which table/figure, their files. A table
+# or figure not declared is not made; a declared row or run the config lacks stops the run.
+import os
+
+from lmdlt.report.spec import figure_specs, table_specs
+
+PAPER_PATHS = {
+    "stage1_metrics": STAGE1_METRICS, "stage2_metrics": STAGE2_METRICS, "features": FEATURES,
+    "predictions": PREDICTIONS, "stage2_benchmark": BENCHMARKS + "/seed{seed}/stage2_{s1}_{s2}.tsv",
+    "split": SPLIT,
+}
+try:
+    TABLE_SPECS = table_specs(config, PAPER_PATHS)
+    FIGURE_SPECS = figure_specs(config, PAPER_PATHS)
+except ConfigError as e:
+    raise WorkflowError(f"invalid config: {e}")
+
+TABLES = f"{ROOT}/tables"
+FIGURES = f"{ROOT}/figures"
+SWEEP_FIGURES = [f for f in ("fig3", "fig6", "fig7") if f in FIGURE_SPECS]
+
+
+def table_inputs(w):
+    spec = TABLE_SPECS[w.table]
+    files = [f for r in spec["rows"] for f in r["files"].values()]
+    if spec["lmd"]:  # the paired bootstrap reads the per-image test predictions
+        files += [f for r in spec["rows"] for f in r["predictions"].values()]
+    return files
+
+
+def sweep_inputs(w):
+    spec = FIGURE_SPECS[w.figure]
+    rows = [p for s in spec["series"] for p in s["points"]] + ([spec["baseline"]] if spec["baseline"] else [])
+    files = [f for r in rows for f in r["files"].values()]
+    if spec["time"]:
+        files += [f for r in rows if r.get("benchmarks") for f in r["benchmarks"].values()]
+    return files
+
+
+def combined_tables():
+    """report.tables.<t>.combine: this experiment's table beside other experiments' (by dataset
+    name) whose CSVs already exist; {table: [csv, ...]} when at least one other exists."""
+    out = {}
+    for t, decl in (config["report"].get("tables") or {}).items():
+        others = [f"{config['results_dir']}/{n}/tables/{t}.csv" for n in decl.get("combine") or []
+                  if n != config["dataset"]["name"]]
+        present = [f for f in others if os.path.exists(f)]
+        if present:
+            out[t] = [f"{TABLES}/{t}.csv"] + present
+    return out
+
+
+COMBINED = combined_tables()
+REPORT_FILES = REPORT_FILES + [f"{TABLES}/{t}.{ext}" for t in TABLE_SPECS for ext in ("md", "csv", "tex")]
+REPORT_FILES += [f"{FIGURES}/{f}.{ext}" for f in SWEEP_FIGURES for ext in ("png", "pdf")]
+if "tsne" in FIGURE_SPECS:
+    REPORT_FILES += [f"{FIGURES}/{f}.{ext}" for f in ("fig4", "fig5") for ext in ("png", "pdf")]
+if "class_distribution" in FIGURE_SPECS:
+    REPORT_FILES += [f"{FIGURES}/class_distribution.{ext}" for ext in ("png", "pdf")]
+REPORT_FILES += [f"{config['results_dir']}/combined/{t}.{ext}" for t in COMBINED for ext in ("md", "tex")]
+
+
+rule paper_table:
+    input:
+        table_inputs,
+    output:
+        csv=f"{TABLES}/{{table}}.csv",
+        md=report(f"{TABLES}/{{table}}.md", caption="../report/table.rst", category="Tables",
+                  labels={"table": "{table}"}),
+        tex=f"{TABLES}/{{table}}.tex",
+    wildcard_constraints:
+        table=names_regex(list(TABLE_SPECS)),
+    params:
+        spec=lambda w: as_json(TABLE_SPECS[w.table]),
+    log:
+        f"{LOGS}/paper_table_{{table}}.log",
+    localrule: True
+    shell:
+        "lmdlt report-paper-table --spec {params.spec:q} --out-csv {output.csv} --out-md {output.md}"
+        " --out-tex {output.tex} > {log} 2>&1"
+
+
+rule combined_table:
+    input:
+        lambda w: COMBINED[w.table],
+    output:
+        md=report(f"{config['results_dir']}/combined/{{table}}.md", caption="../report/combined.rst",
+                  category="Tables", labels={"table": "{table} (combined)"}),
+        tex=f"{config['results_dir']}/combined/{{table}}.tex",
+    wildcard_constraints:
+        table=names_regex(list(COMBINED)),
+    log:
+        f"{LOGS}/combined_table_{{table}}.log",
+    localrule: True
+    shell:
+        "lmdlt report-combine {input:q} --label {wildcards.table} --out-md {output.md}"
+        " --out-tex {output.tex} > {log} 2>&1"
+
+
+rule sweep_figure:
+    input:
+        sweep_inputs,
+    output:
+        png=report(f"{FIGURES}/{{figure}}.png", caption="../report/sweep_figure.rst", category="Figures",
+                   labels={"figure": "{figure}"}),
+        pdf=f"{FIGURES}/{{figure}}.pdf",
+    wildcard_constraints:
+        figure=names_regex(SWEEP_FIGURES),
+    params:
+        spec=lambda w: as_json(FIGURE_SPECS[w.figure]),
+    log:
+        f"{LOGS}/figure_{{figure}}.log",
+    localrule: True
+    shell:
+        "lmdlt report-sweep-figure --spec {params.spec:q} --out-png {output.png} --out-pdf {output.pdf}"
+        " > {log} 2>&1"
+
+
+rule tsne_figures:
+    input:
+        [r["features"] for r in FIGURE_SPECS.get("tsne", {}).get("runs", [])],
+    output:
+        fig4_png=report(f"{FIGURES}/fig4.png", caption="../report/tsne.rst", category="Figures",
+                        labels={"figure": "fig4"}),
+        fig4_pdf=f"{FIGURES}/fig4.pdf",
+        fig5_png=report(f"{FIGURES}/fig5.png", caption="../report/tsne.rst", category="Figures",
+                        labels={"figure": "fig5"}),
+        fig5_pdf=f"{FIGURES}/fig5.pdf",
+    params:
+        spec=as_json(FIGURE_SPECS.get("tsne")),
+        groups=as_json(config["groups"]),
+    log:
+        f"{LOGS}/figure_tsne.log",
+    localrule: True
+    shell:
+        "lmdlt report-tsne --spec {params.spec:q} --groups {params.groups:q} --fig4-png {output.fig4_png}"
+        " --fig4-pdf {output.fig4_pdf} --fig5-png {output.fig5_png} --fig5-pdf {output.fig5_pdf} > {log} 2>&1"
+
+
+rule class_distribution_figure:
+    input:
+        list(FIGURE_SPECS.get("class_distribution", {}).get("splits", {}).values()),
+    output:
+        png=report(f"{FIGURES}/class_distribution.png", caption="../report/class_distribution.rst",
+                   category="Figures", labels={"figure": "class distribution"}),
+        pdf=f"{FIGURES}/class_distribution.pdf",
+    params:
+        spec=as_json(FIGURE_SPECS.get("class_distribution")),
+    log:
+        f"{LOGS}/figure_class_distribution.log",
+    localrule: True
+    shell:
+        "lmdlt report-class-distribution --spec {params.spec:q} --out-png {output.png} --out-pdf {output.pdf}"
+        " > {log} 2>&1"
