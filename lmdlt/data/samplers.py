@@ -13,6 +13,7 @@ proportional to ``n_k ** (q - 1)``, so class k is drawn with probability proport
   T (Kang et al. 2020); it must be told the epoch (``set_epoch``), like DistributedSampler.
 
 Non-instance samplers draw with replacement, one epoch being as many draws as there are samples.
+The re-weighting counterpart, effective-number class weights (Cui et al. 2019), is here too.
 """
 from __future__ import annotations
 
@@ -135,3 +136,16 @@ def set_sampler_epoch(sampler, epoch: int) -> None:
     """Tell a per-epoch sampler (progressive) which epoch starts; a no-op for the others."""
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
+
+
+def effective_number_weights(counts, beta: float) -> torch.Tensor:
+    """Cui et al. 2019: w_k proportional to (1 - beta) / (1 - beta**n_k), normalised to sum to
+    the number of classes present; a class with no training image gets weight 0."""
+    n = torch.as_tensor(np.asarray(counts), dtype=torch.float64)
+    if not 0 <= beta < 1:
+        raise ValueError(f"beta must be in [0, 1), got {beta}")
+    w = torch.zeros_like(n)
+    present = n > 0
+    w[present] = (1 - beta) / (1 - beta ** n[present])
+    w = w / w.sum() * present.sum()
+    return w.float()

@@ -2,23 +2,11 @@
 heads, image interpolation and the supervised contrastive loss."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def effective_number_weights(counts, beta: float) -> torch.Tensor:
-    """Cui et al. 2019: w_k proportional to (1 - beta) / (1 - beta**n_k), normalised to sum to
-    the number of classes present; a class with no training image gets weight 0."""
-    n = torch.as_tensor(np.asarray(counts), dtype=torch.float64)
-    if not 0 <= beta < 1:
-        raise ValueError(f"beta must be in [0, 1), got {beta}")
-    w = torch.zeros_like(n)
-    present = n > 0
-    w[present] = (1 - beta) / (1 - beta ** n[present])
-    w = w / w.sum() * present.sum()
-    return w.float()
+from ..data.samplers import effective_number_weights  # noqa: F401  (re-exported)
 
 
 def cosine_logits(net, x) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,10 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..stage1.cb_wd_max import max_norm_
-from ..stage1.common import effective_number_weights
+from ..data.samplers import effective_number_weights
 from .base import Stage2Method, register
 from .linear import LINEAR_PARAMS, train_linear
+
+
+@torch.no_grad()
+def max_norm_(weight: torch.Tensor, threshold: float) -> None:
+    """MaxNorm: rows with an L2 norm above ``threshold`` scaled back onto it (as stage 1's)."""
+    weight.mul_((threshold / weight.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0))
 
 
 @register("cb_wd_max")
