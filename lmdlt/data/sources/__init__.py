@@ -1,7 +1,9 @@
 """Image sources behind a registry.
 
 A source turns a dataset's published layout into an *index* (one row per image: ``id``,
-``label``, optionally ``path`` and ``group``) plus class names, without decoding any image, and
+``label``, optionally ``path`` (relative to the source's image folder), ``group`` (e.g. a lesion:
+grouped splits keep it in one split) and ``fold`` (a published split, for the ``predefined``
+protocol)) plus class names, without decoding any image, and
 can decode images for the image cache. Splitting only needs the index, so a split can be built
 and inspected before a single image is read.
 
@@ -24,7 +26,7 @@ import pandas as pd
 class SourceIndex:
     """What a source knows about its images before decoding them."""
 
-    table: pd.DataFrame  # columns: id (str, unique), label (int 0..K-1); optional path, group
+    table: pd.DataFrame  # columns: id (str, unique), label (int 0..K-1); optional path, group, fold
     class_names: list[str]
 
     def __post_init__(self) -> None:
