@@ -59,6 +59,14 @@ def test_default_run_writes_table_and_figure(default_run):
     assert (table["n_seeds"] == len(cfg["seeds"])).all()
     png = (root / "figures" / "per_class_recall.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # the paper's Tables 1-5 and figures the default config declares (report: section)
+    for t in ("table1", "table2", "table3", "table4", "table5"):
+        for ext in ("md", "csv", "tex"):
+            assert (root / "tables" / f"{t}.{ext}").stat().st_size > 200, f"{t}.{ext}"
+    for fig in ("fig3", "fig4", "fig5", "fig6", "fig7", "class_distribution"):
+        assert (root / "figures" / f"{fig}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", fig
+        assert (root / "figures" / f"{fig}.pdf").read_bytes()[:5] == b"%PDF-", fig
+    assert len(pd.read_csv(root / "tables" / "table5.csv")) == 4  # the four E/M combinations
     assert dry_run_jobs(default_run) == {}  # a second run has nothing to do
 
 

@@ -208,7 +208,7 @@ def test_table_numbers_are_the_aggregation_of_the_metric_files(tmp_path):
     assert csv.loc["CE", "ece_n"] == 2 and "† CE: fewer seeds than declared for ECE 2/3" in md
     # the LMD row against the others (paired bootstrap), in the notes
     assert np.isnan(csv.loc["LMD", "vs_lmd_diff"]) and csv["vs_lmd_diff"].notna().sum() == 2
-    assert "Paired bootstrap: BACC of LMD minus each row" in md and "vs CE " in md
+    assert "Paired bootstrap: BACC of LMD [rrl/icc] minus each row" in md and "vs CE " in md
     assert "Side by side with the paper" not in md
 
 
@@ -343,3 +343,18 @@ def test_class_distribution_figure(tmp_path):
         write_manifest(path, table, ["a", "b", "c"], {"stage": "split", "seed": int(seed)})
     class_distribution_figure(spec, tmp_path / "c.png", tmp_path / "c.pdf")
     assert (tmp_path / "c.png").stat().st_size > 5000
+
+
+def test_table5_marks_the_combinations_not_in_the_config(tmp_path):
+    spec = table_specs(config(paper="isic_archive_lt"), paths(tmp_path))["table5"]
+    write_runs(spec["rows"], np.random.default_rng(8))
+    write_paper_table(spec, tmp_path / "t5.csv", tmp_path / "t5.md", tmp_path / "t5.tex")
+    csv = pd.read_csv(tmp_path / "t5.csv")
+    assert csv["row"].tolist() == ["E uniform, M uniform", "E class-balanced, M uniform",
+                                   "E class-balanced, M class-balanced", "E uniform, M class-balanced"]
+    assert csv["run"].fillna("").tolist() == ["rrl/icc_EuMu", "", "", "rrl/icc"]
+    assert csv.loc[1, "tail_bacc_paper"] == pytest.approx(0.5477)  # paper numbers even when not run
+    md = (tmp_path / "t5.md").read_text()
+    assert "| E class-balanced, M uniform | not run | not run | not run | not run |" in md
+    assert "Not in this config (no run declared or found): E class-balanced, M uniform; " in md
+    parse_booktabs((tmp_path / "t5.tex").read_text())

@@ -134,15 +134,25 @@ def sweep_figure(spec: dict, out_png, out_pdf=None) -> None:
                    bbox_to_anchor=(0.5, -0.02 - 0.03 * (len(labels) > 4)))
     title = spec.get("title") or (f"{spec['figure'].replace('fig', 'Fig. ')}: test metrics vs "
                                   f"{spec['xlabel']} — {spec['experiment']}, mean ± std over seeds")
+    if len(all_x) < 4 and not logx:
+        for ax in axes[:panels]:
+            ax.set_xticks(all_x)
+    elif all_x and all(float(x).is_integer() for x in all_x) and not logx:
+        from matplotlib.ticker import MaxNLocator
+
+        for ax in axes[:panels]:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    top = 1.0
     if n_values < 2:
         values = ", ".join(f"{x:g}" for x in all_x) or "none"
-        for ax in axes[:panels]:
-            _note(ax, f"not in this config: one value of {spec['x']} ({values}).\n"
-                      f"Add variants that differ in {spec['x']}\n(e.g. workflow/experiments/overlays/"
-                      "lmd-sweeps-digits.yaml)")
+        fig.text(0.5, 0.925, f"Sweep not in this config: a single value of {spec['x']} ({values}). Add "
+                 f"variants that differ only in {spec['x']}, e.g. with workflow/experiments/overlays/"
+                 "lmd-sweeps-digits.yaml.", ha="center", va="center", fontsize=9,
+                 bbox={"boxstyle": "round", "fc": "lightyellow", "ec": "0.6"})
         title += " [sweep not in this config]"
+        top = 0.9
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.tight_layout(rect=(0, 0.06, 1, top))
     save_figure(fig, out_png, out_pdf)
 
 

@@ -95,6 +95,26 @@ def aggregate_table(spec: dict) -> pd.DataFrame:
                 rec[f"{m}_paper_std"] = pv[1] if pv and pv[1] is not None else float("nan")
                 rec[f"{m}_diff"] = rec[f"{m}_mean"] - pv[0] if pv else float("nan")
         records.append(rec)
+    if spec["table"] == "table5":  # the paper's four combinations, the absent ones marked
+        from .spec import TABLE5_ALL, _sweep_label
+
+        have = {tuple(r["values"][k] for k in ("e_sampler", "m_sampler")) for r in spec["rows"]
+                if r.get("values")}
+        for e, m in TABLE5_ALL:
+            if (e, m) not in have:
+                label = _sweep_label("table5", {"e_sampler": e, "m_sampler": m}, None, None, None)
+                rec = {**{k: v for k, v in records[0].items() if not k.startswith(tuple(spec["metrics"]))},
+                       "row": label, "run": "", "stage1": "", "stage2": "", "is_lmd": False,
+                       "paper_row": json.dumps([e, m]), "n_seeds_expected": 0}
+                for metric in list(spec["metrics"]) + EXTRA_METRICS:
+                    rec[f"{metric}_mean"] = rec[f"{metric}_std"] = float("nan")
+                    rec[f"{metric}_n"] = 0
+                    if metric in spec["metrics"]:
+                        pv = (paper_numbers.paper_value("table5", [e, m], metric) if spec.get("paper") else None)
+                        rec[f"{metric}_paper"] = pv[0] if pv else float("nan")
+                        rec[f"{metric}_paper_std"] = pv[1] if pv else float("nan")
+                        rec[f"{metric}_diff"] = float("nan")
+                records.append(rec)
     table = pd.DataFrame.from_records(records)
     table["main_metric"] = spec.get("main_metric", "bacc")
     for c in ("vs_lmd_diff", "vs_lmd_lo", "vs_lmd_hi", "vs_lmd_p"):
@@ -113,6 +133,14 @@ def aggregate_table(spec: dict) -> pd.DataFrame:
             table.loc[i, ["vs_lmd_diff", "vs_lmd_lo", "vs_lmd_hi", "vs_lmd_p", "vs_lmd_confidence"]] = [
                 res["diff"], res["lo"], res["hi"], res["p"], res["confidence"]]
             table.loc[i, "vs_lmd_resamples"] = res["resamples"]
+    if spec["table"] == "table5":
+        from .spec import TABLE5_ALL, _sweep_label
+
+        order = [_sweep_label("table5", {"e_sampler": e, "m_sampler": m}, None, None, None)
+                 for e, m in TABLE5_ALL]
+        rank = {label: i for i, label in enumerate(order)}
+        table = table.iloc[sorted(range(len(table)), key=lambda i: rank.get(table["row"].iloc[i], len(order)))]
+        table = table.reset_index(drop=True)
     return table
 
 
@@ -137,9 +165,9 @@ def _cells(table: pd.DataFrame, metrics: list[str]) -> dict[tuple[str, str], tup
         for _, r in table.iterrows():
             mean, std = r.get(f"{m}_mean", float("nan")), r.get(f"{m}_std", float("nan"))
             if pd.isna(mean):
-                out[(r["row"], m)] = ("–", False, False)
+                out[(r["row"], m)] = ("not run" if not str(r["run"] or "") else "–", False, False)
                 continue
-            fewer = int(r[f"{m}_n"]) < int(r["n_seeds_expected"])
+            fewer = 0 < int(r[f"{m}_n"]) < int(r["n_seeds_expected"])
             out[(r["row"], m)] = (f"{_pct(mean)} ± {_pct(std)}", bool(np.isclose(mean, best)), fewer)
     return out
 
@@ -173,6 +201,9 @@ def notes(tables: list[pd.DataFrame]) -> list[str]:
         lines.append(str(t0["group_rule"].iloc[0]))
     for label, t in _groups(tables):
         where = f" ({label})" if label else ""
+        absent = t[t["run"].fillna("").astype(str) == ""]["row"].tolist()
+        if absent:
+            lines.append(f"Not in this config{where} (no run declared or found): {'; '.join(absent)}.")
         for _, r in t.iterrows():
             short = [f"{METRIC_NAMES.get(m, m)} {int(r[f'{m}_n'])}/{int(r['n_seeds_expected'])}"
                      for m in _metrics_of(t) + EXTRA_METRICS
@@ -183,7 +214,7 @@ def notes(tables: list[pd.DataFrame]) -> list[str]:
         lmd_rows = t[t["is_lmd"].astype(bool)]
         comp = t[t["vs_lmd_diff"].notna()]
         if len(lmd_rows) and len(comp):
-            lmd = lmd_rows["row"].iloc[0]
+            lmd = f"{lmd_rows['row'].iloc[0]} [{lmd_rows['run'].iloc[0]}]"
             mm = METRIC_NAMES.get(t["main_metric"].iloc[0], t["main_metric"].iloc[0])
             conf = float(comp["vs_lmd_confidence"].iloc[0])
             parts = [f"vs {r['row']} {100 * r['vs_lmd_diff']:+.2f} [{100 * r['vs_lmd_lo']:+.2f}, "
@@ -296,8 +327,8 @@ def to_latex(tables: list[pd.DataFrame], title: str, label: str) -> str:
 def render(csv_paths: list, title: str, out_md, out_tex, label: str) -> list[pd.DataFrame]:
     """Markdown + LaTeX from one or several per-experiment CSVs of the same table."""
     tables = [pd.read_csv(p, keep_default_na=True, dtype={"paper_row": str, "seeds": str, "group_rule": str,
-                                                          "paper": str, "stage2": str})
-              .fillna({"paper_row": "", "group_rule": "", "paper": "", "stage2": ""}) for p in csv_paths]
+                                                          "paper": str, "stage2": str, "run": str})
+              .fillna({"paper_row": "", "group_rule": "", "paper": "", "stage2": "", "run": ""}) for p in csv_paths]
     kinds = {t["table"].iloc[0] for t in tables}
     if len(kinds) != 1:
         raise ValueError(f"report-combine: the CSVs hold different tables {sorted(kinds)}")
