@@ -40,7 +40,7 @@ def per_class_recall_figure(rows: list[dict], out_path, title: str = "") -> None
 
 # ------------------------------------------------------------------ the paper's figures
 # Every figure is written as PNG and PDF; values come from the per-run metric files (the same
-# reader as the tables: paper_tables._metric_values), times from Snakemake benchmark files.
+# reader as the tables: paper_tables.metric_values), times from Snakemake benchmark files.
 
 METRIC_LABELS = {"bacc": "BACC", "auc": "AUC", "f1": "F1", "precision": "Precision",
                  "recall": "Recall", "kappa_quadratic": "Kappa (QW)", "kappa": "Kappa",
@@ -71,11 +71,11 @@ def benchmark_seconds(path) -> float:
 
 def sweep_points(series: dict, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x, mean and sample std over seeds of one metric along a sweep series."""
-    from .paper_tables import _mean_std, _metric_values
+    from .paper_tables import mean_std, metric_values
 
     xs, means, stds = [], [], []
     for p in series["points"]:
-        m, s = _mean_std(list(_metric_values(p, metric).values()))
+        m, s = mean_std(list(metric_values(p, metric).values()))
         xs.append(float(p["x"]))
         means.append(m)
         stds.append(s)
@@ -86,7 +86,7 @@ def sweep_figure(spec: dict, out_png, out_pdf=None) -> None:
     """Figs. 3, 6, 7: metrics (mean ± std over seeds) against a swept setting, one line per
     reference run; Fig. 6 adds the stage-2 compute time from the benchmark files. A sweep with
     fewer than two values in this config is drawn with a note saying so."""
-    from .paper_tables import _mean_std, _metric_values
+    from .paper_tables import mean_std, metric_values
 
     metrics = spec["metrics"]
     panels = len(metrics) + (1 if spec.get("time") else 0)
@@ -103,7 +103,7 @@ def sweep_figure(spec: dict, out_png, out_pdf=None) -> None:
             ax.errorbar(x, 100 * mean, yerr=100 * std, marker="o", capsize=3, label=s["label"])
         if spec.get("baseline"):
             b = spec["baseline"]
-            m, sd = _mean_std(list(_metric_values(b, metric).values()))
+            m, sd = mean_std(list(metric_values(b, metric).values()))
             ax.axhline(100 * m, ls="--", color="0.4", label=f"{b['row']} (baseline)")
             ax.axhspan(100 * (m - sd), 100 * (m + sd), color="0.85", zorder=0)
         ax.set_xlabel(spec["xlabel"])

@@ -34,7 +34,7 @@ LOWER_IS_BETTER = {"ece"}
 EXTRA_METRICS = ["ece"]  # aggregated for the notes (calibration), not table columns
 
 
-def _metric_values(spec_row: dict, metric: str) -> dict[str, float]:
+def metric_values(spec_row: dict, metric: str) -> dict[str, float]:
     """{seed: value} of one metric over the row's metric files; a missing file is an error."""
     out = {}
     for seed, path in spec_row["files"].items():
@@ -47,7 +47,7 @@ def _metric_values(spec_row: dict, metric: str) -> dict[str, float]:
     return out
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
     if not values:
         return float("nan"), float("nan")
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
@@ -85,8 +85,8 @@ def aggregate_table(spec: dict) -> pd.DataFrame:
                "group_rule": group_rule_text(first.get("group_rule")),
                "paper": spec.get("paper") or ""}
         for m in list(spec["metrics"]) + [e for e in EXTRA_METRICS if e not in spec["metrics"]]:
-            vals = _metric_values(r, m)
-            rec[f"{m}_mean"], rec[f"{m}_std"] = _mean_std(list(vals.values()))
+            vals = metric_values(r, m)
+            rec[f"{m}_mean"], rec[f"{m}_std"] = mean_std(list(vals.values()))
             rec[f"{m}_n"] = len(vals)
             if m in spec["metrics"]:
                 pv = (paper_numbers.paper_value(spec["table"], r.get("paper"), m, spec.get("imbalance_ratio"))

@@ -1,6 +1,8 @@
 """The results table: one row per (stage-1, stage-2) variant, mean +- std over seeds."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -9,7 +11,7 @@ from ..io import atomic_path, read_json
 METRIC_NAMES = {
     "bacc": "BACC", "accuracy": "Acc", "auc": "AUC", "f1": "F1", "precision": "Precision",
     "recall": "Recall", "kappa_quadratic": "Kappa (QW)", "kappa": "Kappa",
-    "head_bacc": "Head", "medium_bacc": "Medium", "tail_bacc": "Tail",
+    "head_bacc": "Head", "medium_bacc": "Medium", "tail_bacc": "Tail", "ece": "ECE",
 }
 
 
@@ -21,6 +23,8 @@ def load_runs(rows: list[dict]) -> pd.DataFrame:
     records = []
     for spec in rows:
         for seed, path in spec["files"].items():
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"row {spec['row']!r}, seed {seed}: metric file {path} is missing")
             m = read_json(path)["metrics"]
             for name, value in m.items():
                 if not isinstance(value, list):
@@ -55,7 +59,8 @@ def to_markdown(table: pd.DataFrame, metrics: list[str], title: str, caption: st
     cols = [m for m in metrics if f"{m}_mean" in table.columns]
     header = "| Method | " + " | ".join(METRIC_NAMES.get(m, m) for m in cols) + " |"
     lines = [f"# {title}", "", header, "|" + "---|" * (len(cols) + 1)]
-    best = {m: table[f"{m}_mean"].max() for m in cols}
+    # best mean per column: the largest, except for ECE (lower is better)
+    best = {m: table[f"{m}_mean"].min() if m == "ece" else table[f"{m}_mean"].max() for m in cols}
     for _, r in table.iterrows():
         cells = []
         for m in cols:
@@ -86,7 +91,8 @@ def write_table(rows: list[dict], metrics: list[str], title: str, group_rule: di
     seeds = sorted(runs["seed"].unique().tolist())
     caption = (f"Test split, in %: mean ± sample standard deviation over seeds {seeds}. "
                f"BACC is balanced accuracy (= macro recall); AUC macro one-vs-rest; Kappa (QW) "
-               f"quadratic-weighted Cohen kappa. {group_caption(group_rule)} Best mean in bold.")
+               f"quadratic-weighted Cohen kappa; ECE expected calibration error (15 bins, lower is "
+               f"better). {group_caption(group_rule)} Best mean in bold.")
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6f")
     with atomic_path(out_md) as tmp:
