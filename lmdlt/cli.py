@@ -124,7 +124,7 @@ def cmd_report_paper_table(a):
 def cmd_report_combine(a):
     from .report.paper_tables import render
 
-    render(a.csv, a.title, a.out_md, a.out_tex, a.label)
+    render(a.csv, a.title, a.out_md, a.out_tex, a.label, a.absent)
 
 
 def cmd_report_sweep_figure(a):
@@ -254,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("csv", nargs="+", help="per-experiment table CSVs (results/<name>/tables/table3.csv)")
     s.add_argument("--title", default="Table 3: comparisons across imbalance ratios (AUC, BACC)")
     s.add_argument("--label", default="table3", help="LaTeX label (tab:<label>)")
+    s.add_argument("--absent", nargs="*", default=[], help="experiments asked for but not run yet (noted)")
     s.add_argument("--out-md", required=True)
     s.add_argument("--out-tex", required=True)
 

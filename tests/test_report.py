@@ -295,7 +295,9 @@ def test_latex_is_a_booktabs_table_and_table3_combines(tmp_path):
     spec300 = table_specs(cfg300, paths(tmp_path / "b"))["table3"]
     write_runs(spec300["rows"], np.random.default_rng(5))
     write_paper_table(spec300, tmp_path / "b.csv", tmp_path / "b.md", tmp_path / "b.tex")
-    render([tmp_path / "b.csv", tmp_path / "a.csv"], "Table 3", tmp_path / "c.md", tmp_path / "c.tex", "t3")
+    render([tmp_path / "b.csv", tmp_path / "a.csv"], "Table 3", tmp_path / "c.md", tmp_path / "c.tex", "t3",
+           absent=["synthetic-r500"])
+    assert "Not run yet (no table CSV): synthetic-r500." in (tmp_path / "c.md").read_text()
     tex = (tmp_path / "c.tex").read_text()
     rows = parse_booktabs(tex)
     assert len(rows[0]) == 5 and r"\multicolumn{2}{c}{r = 100} & \multicolumn{2}{c}{r = 300}" in tex

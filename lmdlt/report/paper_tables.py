@@ -235,7 +235,7 @@ def _paper_rows(tables):
     return any(t[f"{m}_paper"].notna().any() for t in tables for m in _metrics_of(t))
 
 
-def to_markdown(tables: list[pd.DataFrame], title: str) -> str:
+def to_markdown(tables: list[pd.DataFrame], title: str, extra_notes: list[str] = ()) -> str:
     groups = _groups(tables)
     rows = _row_order(tables)
     head = ["Method"]
@@ -251,7 +251,7 @@ def to_markdown(tables: list[pd.DataFrame], title: str) -> str:
                 text = f"**{text}**" if best else text
                 out.append(text + (" †" if fewer else ""))
         lines.append("| " + " | ".join(out) + " |")
-    lines += [""] + notes(tables)
+    lines += [""] + notes(tables) + list(extra_notes)
     if _paper_rows(tables):
         lines += ["", f"## Side by side with the paper ({tables[0]['paper'].iloc[0]})", ""]
         ph = ["Method"]
@@ -292,7 +292,7 @@ def tex_escape(text: str) -> str:
         "–", "--").replace("†", r"$^\dagger$").replace("Δ", r"$\Delta$").replace("−", "-")
 
 
-def to_latex(tables: list[pd.DataFrame], title: str, label: str) -> str:
+def to_latex(tables: list[pd.DataFrame], title: str, label: str, extra_notes: list[str] = ()) -> str:
     groups = _groups(tables)
     rows = _row_order(tables)
     ncol = 1 + sum(len(_metrics_of(t)) for _, t in groups)
@@ -319,13 +319,16 @@ def to_latex(tables: list[pd.DataFrame], title: str, label: str) -> str:
                 out.append(rf"\textbf{{{text}}}" if best else text)
         lines.append(" & ".join(out) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    lines += [r"\par\smallskip\parbox{\linewidth}{\footnotesize " + tex_escape(" ".join(notes(tables))) + "}",
+    lines += [r"\par\smallskip\parbox{\linewidth}{\footnotesize " + tex_escape(" ".join(notes(tables) + list(extra_notes))) + "}",
               r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
-def render(csv_paths: list, title: str, out_md, out_tex, label: str) -> list[pd.DataFrame]:
-    """Markdown + LaTeX from one or several per-experiment CSVs of the same table."""
+def render(csv_paths: list, title: str, out_md, out_tex, label: str,
+           absent: list[str] = ()) -> list[pd.DataFrame]:
+    """Markdown + LaTeX from one or several per-experiment CSVs of the same table; ``absent``
+    names experiments that were asked for but have no CSV yet (said so in the notes)."""
+    extra = [f"Not run yet (no table CSV): {', '.join(absent)}."] if absent else []
     tables = [pd.read_csv(p, keep_default_na=True, dtype={"paper_row": str, "seeds": str, "group_rule": str,
                                                           "paper": str, "stage2": str, "run": str})
               .fillna({"paper_row": "", "group_rule": "", "paper": "", "stage2": "", "run": ""}) for p in csv_paths]
@@ -333,9 +336,9 @@ def render(csv_paths: list, title: str, out_md, out_tex, label: str) -> list[pd.
     if len(kinds) != 1:
         raise ValueError(f"report-combine: the CSVs hold different tables {sorted(kinds)}")
     with atomic_path(out_md) as tmp:
-        tmp.write_text(to_markdown(tables, title))
+        tmp.write_text(to_markdown(tables, title, extra))
     with atomic_path(out_tex) as tmp:
-        tmp.write_text(to_latex(tables, title, label))
+        tmp.write_text(to_latex(tables, title, label, extra))
     return tables
 
 

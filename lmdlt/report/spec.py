@@ -231,8 +231,13 @@ def figure_specs(config: dict, paths: dict) -> dict[str, dict]:
                                  for s in config["seeds"]}
                     points.append({**_row(config, s1, s2, paths), "x": xv, "benchmarks": bench})
                 points.sort(key=lambda p: p["x"])
-                series.append({"reference": ref, "label": row_label(config, *parse_run(config, ref, where)),
-                               "points": points})
+                r1, r2 = parse_run(config, ref, where)
+                # the series is named by its encoder and stage-2 method, not by the reference's
+                # own label (which often names its swept value, e.g. "ICC (J 5)")
+                label = row_label(config, r1, None)
+                if r2 is not None:
+                    label += f" + {config['stage2'][r2]['method'].upper()}"
+                series.append({"reference": ref, "label": label, "points": points})
             baseline = None
             if decl.get("baseline"):
                 b1, b2 = parse_run(config, decl["baseline"], f"{where}.baseline")

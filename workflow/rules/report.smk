@@ -90,7 +90,8 @@ def combined_tables():
                   if n != config["dataset"]["name"]]
         present = [f for f in others if os.path.exists(f)]
         if present:
-            out[t] = [f"{TABLES}/{t}.csv"] + present
+            absent = [n for n, f in zip(decl["combine"], others) if f not in present]
+            out[t] = {"csv": [f"{TABLES}/{t}.csv"] + present, "absent": absent}
     return out
 
 
@@ -126,19 +127,21 @@ rule paper_table:
 
 rule combined_table:
     input:
-        lambda w: COMBINED[w.table],
+        lambda w: COMBINED[w.table]["csv"],
     output:
         md=report(f"{config['results_dir']}/combined/{{table}}.md", caption="../report/combined.rst",
                   category="Tables", labels={"table": "{table} (combined)"}),
         tex=f"{config['results_dir']}/combined/{{table}}.tex",
     wildcard_constraints:
         table=names_regex(list(COMBINED)),
+    params:
+        absent=lambda w: " ".join(COMBINED[w.table]["absent"]),
     log:
         f"{LOGS}/combined_table_{{table}}.log",
     localrule: True
     shell:
-        "lmdlt report-combine {input:q} --label {wildcards.table} --out-md {output.md}"
-        " --out-tex {output.tex} > {log} 2>&1"
+        "lmdlt report-combine {input:q} --label {wildcards.table} --absent {params.absent}"
+        " --out-md {output.md} --out-tex {output.tex} > {log} 2>&1"
 
 
 rule sweep_figure:
