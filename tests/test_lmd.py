@@ -337,6 +337,7 @@ def test_snakemake_routes_encoder_methods_to_their_own_rule(tmp_path):
     cfg["stage1"] = {"ce": cfg["stage1"]["ce"], "rrl": cfg["stage1"]["rrl"]}
     cfg["stage2"] = {k: cfg["stage2"][k] for k in ("crt", "vfc", "icc", "icc_nofdc")}
     cfg["stage2"]["crt"]["stage1"] = ["ce", "rrl"]
+    cfg["report"] = {"title": "routing"}  # no paper tables: they name runs this subset lacks
     write_config(tmp_path, cfg)
     jobs = dry_run_jobs(tmp_path)
     # icc on ce and rrl + icc_nofdc on rrl: 3 encoder jobs; crt on both + vfc on rrl: 3 feature jobs
