@@ -289,7 +289,7 @@ _TEX_ESC = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\
 
 def tex_escape(text: str) -> str:
     return "".join(_TEX_ESC.get(ch, ch) for ch in str(text)).replace("±", r"$\pm$").replace(
-        "–", "--").replace("†", r"$^\dagger$").replace("Δ", r"$\Delta$").replace("−", "-")
+        "–", "--").replace("—", "---").replace("†", r"$^\dagger$").replace("Δ", r"$\Delta$").replace("−", "-")
 
 
 def to_latex(tables: list[pd.DataFrame], title: str, label: str, extra_notes: list[str] = ()) -> str:
