@@ -1,6 +1,8 @@
 """Figures, from the per-run metric files."""
 from __future__ import annotations
 
+import json
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on clusters
@@ -142,6 +144,19 @@ def sweep_figure(spec: dict, out_png, out_pdf=None) -> None:
 
         for ax in axes[:panels]:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # settings besides x that differ between a series' points (declared in `vary`): said so
+    differ = []
+    for s in spec["series"]:
+        for key in sorted({k for p in s["points"] for k in (p.get("also") or {})}):
+            vals = [json.dumps((p.get("also") or {}).get(key)) for p in s["points"]]
+            if len(set(vals)) > 1:
+                differ.append(f"{s['label']}: {key} " + ", ".join(
+                    f"{p['x']:g}: {v}" for p, v in zip(s["points"], vals)))
+    bottom = 0.06
+    if differ:
+        fig.text(0.01, 0.005, "Points also differ in " + "; ".join(differ), fontsize=7, ha="left",
+                 va="bottom", wrap=True)
+        bottom = 0.1
     top = 1.0
     if n_values < 2:
         values = ", ".join(f"{x:g}" for x in all_x) or "none"
@@ -152,7 +167,7 @@ def sweep_figure(spec: dict, out_png, out_pdf=None) -> None:
         title += " [sweep not in this config]"
         top = 0.9
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, top))
+    fig.tight_layout(rect=(0, bottom, 1, top))
     save_figure(fig, out_png, out_pdf)
 
 

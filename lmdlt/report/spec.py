@@ -229,7 +229,15 @@ def figure_specs(config: dict, paths: dict) -> dict[str, dict]:
                     if s2 is not None:
                         bench = {str(s): paths["stage2_benchmark"].format(seed=s, s1=s1, s2=s2)
                                  for s in config["seeds"]}
-                    points.append({**_row(config, s1, s2, paths), "x": xv, "benchmarks": bench})
+                    also = {}
+                    for v in vary:
+                        if v != x:
+                            try:
+                                also[v] = param_value(config, s1, s2, v)
+                            except KeyError:
+                                also[v] = None
+                    points.append({**_row(config, s1, s2, paths), "x": xv, "benchmarks": bench,
+                                   "also": also})
                 points.sort(key=lambda p: p["x"])
                 r1, r2 = parse_run(config, ref, where)
                 # the series is named by its encoder and stage-2 method, not by the reference's
