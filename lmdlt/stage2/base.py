@@ -42,7 +42,7 @@ class Stage2Method(abc.ABC):
                     device) -> None:
         """Methods with ``needs_encoder``: learn from the network and ``images``
         ({"train": (uint8 NHWC, labels), "val": ...}); set ``self.net``."""
-        raise NotImplementedError(f"stage-2 method {self.name!r} works on cached features only")
+        raise TypeError(f"stage-2 method {self.name!r} works on cached features only")
 
     @abc.abstractmethod
     def logits(self, features: np.ndarray) -> np.ndarray:

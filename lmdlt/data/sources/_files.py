@@ -3,6 +3,8 @@ clear errors, and JPEG/PNG decoding with PIL (each image decoded and resized exa
 same way for the image cache and for a fresh decode)."""
 from __future__ import annotations
 
+import abc
+
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -112,8 +114,9 @@ class FileImagesMixin:
 
     channels = 3
 
-    def image_root(self) -> Path:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def image_root(self) -> Path:
+        """The folder that index paths are relative to (and confined to)."""
 
     def resolve(self, rel: str) -> Path:
         return inside(self.image_root(), rel)
