@@ -18,11 +18,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
-from ..data.transforms import train_transform
 from .base import Stage1Method, register
-from .common import ProjectionHead, two_views
+from .common import TwoViewContrastive
 
 
 def aduc_alpha(epoch: int, t_decay: float, alpha_max: float, alpha_min: float) -> float:
@@ -44,7 +42,7 @@ def aduc_loss(f: torch.Tensor, g: torch.Tensor, y: torch.Tensor, alpha: float, t
 
 
 @register("aduc")
-class AdUni(Stage1Method):
+class AdUni(TwoViewContrastive, Stage1Method):
     params = {
         "tau": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
         "alpha_max": {"type": "number", "minimum": 0, "default": 1.0},
@@ -53,16 +51,6 @@ class AdUni(Stage1Method):
                     "description": "epochs over which alpha decays (null: the whole run)"},
         "dim": {"type": "integer", "minimum": 1, "default": 128},
     }
-
-    def train_transform(self, augment, size):
-        return two_views(train_transform(augment, size))
-
-    def on_train_start(self, net, epochs, steps_per_epoch):
-        super().on_train_start(net, epochs, steps_per_epoch)
-        self.head = ProjectionHead(net.feature_dim, self.p["dim"])
-
-    def modules(self):
-        return nn.ModuleDict({"head": self.head})
 
     def alpha(self, epoch: int) -> float:
         t_decay = self.p["t_decay"] if self.p["t_decay"] is not None else max(self.epochs - 1, 1)

@@ -79,3 +79,32 @@ def two_views(transform):
     def views(img):
         return transform(img), transform(img)
     return views
+
+
+class TwoViewContrastive:
+    """Mixin for contrastive methods: two augmented views per image and a projection head of
+    ``params["dim"]`` outputs, trained with the network."""
+
+    def train_transform(self, augment, size):
+        from ..data.transforms import train_transform
+
+        return two_views(train_transform(augment, size))
+
+    def on_train_start(self, net, epochs, steps_per_epoch):
+        super().on_train_start(net, epochs, steps_per_epoch)
+        self.head = ProjectionHead(net.feature_dim, self.p["dim"])
+
+    def modules(self):
+        return nn.ModuleDict({"head": self.head})
+
+
+class CosineClassifier:
+    """Mixin for margin losses on a cosine classifier: the network's linear layer is kept at
+    unit-norm rows and zero bias from the start and after every step."""
+
+    def on_train_start(self, net, epochs, steps_per_epoch):
+        super().on_train_start(net, epochs, steps_per_epoch)
+        project_to_cosine_classifier(net.classifier)
+
+    def after_step(self, net):
+        project_to_cosine_classifier(net.classifier)

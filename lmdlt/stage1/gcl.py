@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Stage1Method, register
-from .common import cosine_logits, project_to_cosine_classifier
+from .common import CosineClassifier, cosine_logits
 
 
 def cloud_amplitudes(counts) -> torch.Tensor:
@@ -27,7 +27,7 @@ def gcl_loss(cos: torch.Tensor, y: torch.Tensor, amplitudes: torch.Tensor, eps: 
 
 
 @register("gcl")
-class GaussianCloudedLogit(Stage1Method):
+class GaussianCloudedLogit(CosineClassifier, Stage1Method):
     params = {
         "s": {"type": "number", "exclusiveMinimum": 0, "default": 30.0},
         "m": {"type": "number", "minimum": 0, "default": 0.0},
@@ -38,13 +38,6 @@ class GaussianCloudedLogit(Stage1Method):
     def __init__(self, params, class_counts):
         super().__init__(params, class_counts)
         self.amplitudes = cloud_amplitudes(self.class_counts)
-
-    def on_train_start(self, net, epochs, steps_per_epoch):
-        super().on_train_start(net, epochs, steps_per_epoch)
-        project_to_cosine_classifier(net.classifier)
-
-    def after_step(self, net):
-        project_to_cosine_classifier(net.classifier)
 
     def loss(self, net, x, y, epoch):
         cos, _ = cosine_logits(net, x)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Stage1Method, register
-from .common import cosine_logits, effective_number_weights, project_to_cosine_classifier
+from .common import CosineClassifier, cosine_logits, effective_number_weights
 
 
 def ldam_margins(counts, max_m: float) -> torch.Tensor:
@@ -32,7 +32,7 @@ def ldam_loss(cos: torch.Tensor, y: torch.Tensor, margins: torch.Tensor, s: floa
 
 
 @register("ldam")
-class LDAM(Stage1Method):
+class LDAM(CosineClassifier, Stage1Method):
     params = {
         "max_m": {"type": "number", "exclusiveMinimum": 0, "default": 0.5},
         "s": {"type": "number", "exclusiveMinimum": 0, "default": 30.0},
@@ -50,13 +50,6 @@ class LDAM(Stage1Method):
         if self.p["drw_start"] is None:
             return None
         return int(math.floor(self.p["drw_start"] * self.epochs))
-
-    def on_train_start(self, net, epochs, steps_per_epoch):
-        super().on_train_start(net, epochs, steps_per_epoch)
-        project_to_cosine_classifier(net.classifier)
-
-    def after_step(self, net):
-        project_to_cosine_classifier(net.classifier)
 
     def loss(self, net, x, y, epoch):
         cos, _ = cosine_logits(net, x)

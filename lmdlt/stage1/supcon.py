@@ -9,30 +9,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..data.transforms import train_transform
 from .base import Stage1Method, register
-from .common import ProjectionHead, supcon_loss, two_views
+from .common import TwoViewContrastive, supcon_loss
 
 
 @register("supcon")
-class SupervisedContrastive(Stage1Method):
+class SupervisedContrastive(TwoViewContrastive, Stage1Method):
     params = {
         "tau": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
         "dim": {"type": "integer", "minimum": 1, "default": 128},
         "probe": {"type": "boolean", "default": True},
     }
-
-    def train_transform(self, augment, size):
-        return two_views(train_transform(augment, size))
-
-    def on_train_start(self, net, epochs, steps_per_epoch):
-        super().on_train_start(net, epochs, steps_per_epoch)
-        self.head = ProjectionHead(net.feature_dim, self.p["dim"])
-
-    def modules(self):
-        return nn.ModuleDict({"head": self.head})
 
     def loss(self, net, x, y, epoch):
         v1, v2 = x
