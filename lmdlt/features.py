@@ -22,7 +22,7 @@ from .data.image_cache import ImageCache
 from .data.splits import SPLITS, read_manifest
 from .io import atomic_path, h5_read_provenance, h5_write_provenance, provenance, sha256_file
 from .runtime import select_device, setup_torch
-from .stage1.trainer import load_checkpoint
+from .models.checkpoint import load_checkpoint
 
 log = logging.getLogger("lmdlt.features")
 

@@ -399,7 +399,8 @@ VARIANTS["ldam_rs"] = {"method": "ldam", "sampler": "class_balanced", "params": 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_every_method_trains_and_saves_a_checkpoint(digits, tmp_path, name):
-    from lmdlt.stage1.trainer import load_checkpoint, train_stage1
+    from lmdlt.models.checkpoint import load_checkpoint
+    from lmdlt.stage1.trainer import train_stage1
 
     cfg = validate_variant("stage1", {**VARIANTS[name], "epochs": 2, "batch_size": 32, "lr": 0.05,
                                       "model": {"arch": "small_resnet", "width": 4},

@@ -13,7 +13,8 @@ from lmdlt.data.splits import build_split, read_manifest, write_manifest
 from lmdlt.features import FeatureSet, extract_features
 from lmdlt.io import provenance, read_json, sha256_file
 from lmdlt.metrics import evaluate_file
-from lmdlt.stage1.trainer import load_checkpoint, train_stage1
+from lmdlt.models.checkpoint import load_checkpoint
+from lmdlt.stage1.trainer import train_stage1
 from lmdlt.stage2.runner import run_stage2
 
 SPLIT = {"protocol": "cui", "imbalance_ratio": 50, "val_per_class": 15, "test_per_class": 30,

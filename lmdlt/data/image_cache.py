@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from ..io import atomic_path, h5_read_provenance, h5_write_provenance
 from .sources import Source
+from .splits import read_manifest
 
 BLOCK = 512  # images decoded per batch and per HDF5 chunk (bounded memory for large sources)
 
@@ -68,3 +69,15 @@ class ImageCache:
                 chunk = images[start:min(start + BLOCK, self.shape[0])]
                 out[sel] = chunk[rows[sel] - start]
         return out
+
+
+def load_split_images(manifest_path, cache_path) -> dict:
+    """Images and labels per split, plus the manifest metadata."""
+    table, meta = read_manifest(manifest_path)
+    cache = ImageCache(cache_path)
+    out = {"meta": meta}
+    for split in ("train", "val", "test"):
+        rows = table[table["split"] == split]
+        out[split] = (cache.load(rows["id"].tolist()), rows["label"].to_numpy(np.int64),
+                      rows["id"].tolist())
+    return out

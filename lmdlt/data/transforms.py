@@ -17,18 +17,6 @@ def train_transform(augment: dict, size: int) -> v2.Transform:
     return v2.Compose(steps) if steps else v2.Identity()
 
 
-class Normalize(torch.nn.Module):
-    """uint8 NCHW -> float, scaled to [0, 1] then standardised with training-split statistics."""
-
-    def __init__(self, mean: list[float], std: list[float]) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() / 255.0 - self.mean) / self.std
-
-
 def channel_stats(images_nhwc) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 NHWC images, on the [0, 1] scale."""
     x = torch.as_tensor(images_nhwc).float().div_(255.0)

@@ -4,8 +4,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..data.transforms import Normalize
 from .encoders import build_encoder
+
+
+class Normalize(torch.nn.Module):
+    """uint8 NCHW -> float, scaled to [0, 1] then standardised with training-split statistics."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / 255.0 - self.mean) / self.std
 
 
 class Network(nn.Module):

@@ -15,12 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import balanced_accuracy_score
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.image_cache import ImageCache
+from ..data.image_cache import ImageCache, load_split_images
 from ..data.samplers import make_sampler, set_sampler_epoch
-from ..data.splits import read_manifest
 from ..data.transforms import channel_stats
 from ..io import atomic_path, provenance
 from ..models import build_network
@@ -43,18 +41,6 @@ class _AugmentedImages(Dataset):
 
     def __getitem__(self, i):
         return self.transform(self.images[i]), self.labels[i]
-
-
-def load_split_images(manifest_path, cache_path) -> dict:
-    """Images and labels per split, plus the manifest metadata."""
-    table, meta = read_manifest(manifest_path)
-    cache = ImageCache(cache_path)
-    out = {"meta": meta}
-    for split in ("train", "val", "test"):
-        rows = table[table["split"] == split]
-        out[split] = (cache.load(rows["id"].tolist()), rows["label"].to_numpy(np.int64),
-                      rows["id"].tolist())
-    return out
 
 
 @torch.no_grad()
@@ -103,6 +89,8 @@ def _loader(dataset, labels, spec: dict, cfg: dict, gen) -> DataLoader:
 def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
                  threads: int | None = None, device: str = "auto") -> dict:
     """Train one stage-1 variant; returns the checkpoint's metadata."""
+    from sklearn.metrics import balanced_accuracy_score  # here: sklearn costs ~2 s of import per job
+
     gen = setup_torch(seed, threads)
     dev = select_device(device)
     data = load_split_images(manifest_path, cache_path)
@@ -184,16 +172,3 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
     with atomic_path(out_path) as tmp:
         torch.save({"state_dict": best["state"], "meta": meta}, tmp)
     return meta
-
-
-def load_checkpoint(path, device="cpu"):
-    """(network, meta) from a stage-1 checkpoint, loaded with weights_only=True."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"stage-1 checkpoint {str(p)!r} not found")
-    ckpt = torch.load(p, map_location=device, weights_only=True)
-    meta = ckpt["meta"]
-    net = build_network({**meta["model"], "pretrained": None}, meta["in_channels"],
-                        meta["num_classes"], meta["mean"], meta["std"])
-    net.load_state_dict(ckpt["state_dict"])
-    return net.to(device), meta

@@ -36,7 +36,6 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -128,6 +127,8 @@ class IterativeClassifierCalibration(Stage2Method):
         """Run the J iterations. ``images``: {"train": (uint8 NHWC, labels), "val": (...)};
         the test split is never handed over. Leaves the kept encoder and classifier in
         ``self.net`` (``net.classifier`` replaced by the calibrated one)."""
+        from sklearn.metrics import balanced_accuracy_score  # lazy: ~2 s of import per job
+
         p = self.p
         x_tr, y_tr = images["train"]
         x_val, y_val = images["val"]

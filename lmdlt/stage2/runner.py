@@ -70,9 +70,9 @@ def write_predictions(out_path, outputs: dict, state: dict, class_names, checkpo
 def run_stage2_encoder(checkpoint_path, manifest_path, cache_path, cfg: dict, seed: int, out_path,
                        threads: int | None = None, device: str = "auto") -> dict:
     """Run a stage-2 method that fine-tunes the encoder; write predictions of every split."""
-    from ..data.image_cache import ImageCache
+    from ..data.image_cache import ImageCache, load_split_images
     from ..runtime import select_device
-    from ..stage1.trainer import load_checkpoint, load_split_images
+    from ..models.checkpoint import load_checkpoint
     from .icc import encode_images
 
     gen = setup_torch(seed, threads)

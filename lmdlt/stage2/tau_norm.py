@@ -5,7 +5,6 @@ test split is never seen (``fit`` does not receive it)."""
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score
 
 from .base import Stage2Method, register
 
@@ -34,6 +33,8 @@ class TauNorm(Stage2Method):
             raise ValueError("tau_norm needs the stage-1 classifier (weight) in the features file")
         if val is None or len(val["labels"]) == 0:
             raise ValueError("tau_norm selects tau on the validation split, which is empty")
+        from sklearn.metrics import balanced_accuracy_score  # lazy: only this method's jobs pay for it
+
         w = np.asarray(stage1_classifier["weight"], dtype=np.float64)
         self.scores = {}
         for tau in self.grid():

@@ -12,6 +12,8 @@ rule evaluate_stage1:
         groups=as_json(config["groups"]),
     log:
         LOGS + "/seed{seed}/evaluate_{s1}.log",
+    benchmark:
+        BENCHMARKS + "/seed{seed}/evaluate_{s1}.tsv"
     shell:
         "lmdlt evaluate --predictions {input.predictions} --manifest {input.split} --groups {params.groups:q}"
         " --out {output} > {log} 2>&1"
@@ -27,6 +29,8 @@ rule evaluate_stage2:
         groups=as_json(config["groups"]),
     log:
         LOGS + "/seed{seed}/evaluate_{s1}_{s2}.log",
+    benchmark:
+        BENCHMARKS + "/seed{seed}/evaluate_{s1}_{s2}.tsv"
     shell:
         "lmdlt evaluate --predictions {input.predictions} --manifest {input.split} --groups {params.groups:q}"
         " --out {output} > {log} 2>&1"

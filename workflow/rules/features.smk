@@ -13,6 +13,8 @@ rule extract_features:
     threads: THREADS
     log:
         LOGS + "/seed{seed}/features_{s1}.log",
+    benchmark:
+        BENCHMARKS + "/seed{seed}/features_{s1}.tsv"
     shell:
         "lmdlt extract --checkpoint {input.checkpoint} --split {input.split} --images {input.images}"
         " --threads {threads} --device {params.device} --out {output} > {log} 2>&1"

@@ -13,6 +13,8 @@ rule train_stage1:
     threads: THREADS
     log:
         LOGS + "/seed{seed}/stage1_{s1}.log",
+    benchmark:
+        BENCHMARKS + "/seed{seed}/stage1_{s1}.tsv"
     shell:
         "lmdlt train-stage1 --split {input.split} --images {input.images} --params {params.variant:q}"
         " --seed {wildcards.seed} --threads {threads} --device {params.device} --out {output} > {log} 2>&1"
