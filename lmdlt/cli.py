@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     def torch_opts(s):
         s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         s.add_argument("--device", default="auto", help="auto (CUDA if visible), cpu, cuda, cuda:N")
+        s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                       help="auto: bf16 autocast on CUDA, fp32 on CPU")
+        s.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
+                       help="channels-last memory format (auto: on CUDA)")
 
     s = add("cache", cmd_cache, "decode and resize every image of a source once, into an HDF5 image cache")
     s.add_argument("--dataset", type=_json, required=True, help="the config's dataset section (JSON)")

@@ -1,6 +1,7 @@
 """Device, threads and seeding, shared by every torch stage."""
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -28,3 +29,30 @@ def setup_torch(seed: int, threads: int | None = None) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(seed)
     return g
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(device: torch.device, precision: str = "auto") -> str:
+    """``auto``: bf16 autocast on CUDA (where it pays), fp32 elsewhere; ``fp32``/``bf16`` force it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"compute.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The forward-pass context for a resolved precision (no-op for fp32). Loss terms and
+    optimiser state stay fp32: autocast only lowers matmuls and convolutions."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def use_channels_last(device: torch.device, setting: str = "auto") -> bool:
+    """Channels-last memory format: on by default on CUDA (tensor cores), off on CPU."""
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"compute.channels_last: {setting!r} is not one of auto, on, off")
+    return device.type == "cuda" if setting == "auto" else setting == "on"
