@@ -7,7 +7,7 @@ Written once per stage-1 checkpoint and read by every stage-2 variant. Layout::
     /<split>/labels    int64 (N,)
     /<split>/ids       str (N,)
     /classifier/weight, /classifier/bias   the stage-1 linear classifier
-    attrs: provenance (JSON), checkpoint_sha256, split_hash, class_names
+    attrs: provenance (JSON), checkpoint_sha256, split_hash, class_names, precision
 """
 from __future__ import annotations
 
@@ -21,21 +21,34 @@ import torch
 from .data.image_cache import ImageCache
 from .data.splits import SPLITS, read_manifest
 from .io import atomic_path, h5_read_provenance, h5_write_provenance, provenance, sha256_file
-from .runtime import select_device, setup_torch
+from .runtime import autocast, resolve_precision, select_device, setup_torch, use_channels_last
 from .models.checkpoint import load_checkpoint
 
 log = logging.getLogger("lmdlt.features")
 
 
 @torch.inference_mode()
-def encode(net, images: np.ndarray, device, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def encode(net, images: np.ndarray, device, batch_size: int = 512, precision: str = "fp32",
+           channels_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Features and logits (float32) of uint8 NHWC ``images``, ``batch_size`` at a time.
+
+    ``precision`` is a resolved one (``fp32`` or ``bf16``: autocast of the forward pass, outputs
+    returned as float32); ``channels_last`` puts the weights and every batch in channels-last
+    memory format, else batches are contiguous NCHW.
+    """
     net.eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
     feats, logits = [], []
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2).to(device)
-        f = net.features(x)
+        x = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2)
+        x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+        with autocast(device, precision):
+            f = net.features(x)
+            z = net.classifier(f)
         feats.append(f.float().cpu())
-        logits.append(net.classifier(f).float().cpu())
+        logits.append(z.float().cpu())
     if not feats:
         return (np.zeros((0, net.feature_dim), np.float32),
                 np.zeros((0, net.classifier.out_features), np.float32))
@@ -43,9 +56,15 @@ def encode(net, images: np.ndarray, device, batch_size: int = 512) -> tuple[np.n
 
 
 def extract_features(checkpoint_path, manifest_path, cache_path, out_path,
-                     threads: int | None = None, device: str = "auto", batch_size: int = 512) -> None:
+                     threads: int | None = None, device: str = "auto", batch_size: int = 512,
+                     precision: str = "auto", channels_last: str = "auto") -> None:
+    """Write the features file of a checkpoint. ``precision`` (auto: bf16 on CUDA, fp32 on the
+    CPU) and ``channels_last`` (auto: on CUDA) are resolved by :mod:`lmdlt.runtime` and recorded
+    in the file's provenance."""
     setup_torch(0, threads)
     dev = select_device(device)
+    prec = resolve_precision(dev, precision)
+    cl = use_channels_last(dev, channels_last)
     net, meta = load_checkpoint(checkpoint_path, dev)
     ckpt_hash = sha256_file(checkpoint_path)
     table, man_meta = read_manifest(manifest_path)
@@ -54,14 +73,15 @@ def extract_features(checkpoint_path, manifest_path, cache_path, out_path,
                          f"{meta['provenance']['parents'].get('split')}, not on {manifest_path} "
                          f"({man_meta['content_hash']})")
     cache = ImageCache(cache_path)
-    prov = provenance("features", {"batch_size": batch_size},
+    log.info("device %s, precision %s, channels_last %s", dev, prec, cl)
+    prov = provenance("features", {"batch_size": batch_size, "precision": prec, "channels_last": cl},
                       {"checkpoint": ckpt_hash, "split": man_meta["content_hash"]},
                       meta["provenance"]["seed"])
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
         for split in SPLITS:
             rows = table[table["split"] == split]
             t0 = time.perf_counter()
-            feats, logits = encode(net, cache.load(rows["id"].tolist()), dev, batch_size)
+            feats, logits = encode(net, cache.load(rows["id"].tolist()), dev, batch_size, prec, cl)
             g = f.create_group(split)
             g["features"] = feats
             g["logits"] = logits
@@ -75,6 +95,7 @@ def extract_features(checkpoint_path, manifest_path, cache_path, out_path,
         f.attrs["checkpoint_sha256"] = ckpt_hash
         f.attrs["split_hash"] = man_meta["content_hash"]
         f.attrs["class_names"] = list(meta["class_names"])
+        f.attrs["precision"] = prec
         h5_write_provenance(f, prov)
 
 

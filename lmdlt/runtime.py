@@ -56,3 +56,29 @@ def use_channels_last(device: torch.device, setting: str = "auto") -> bool:
     if setting not in ("auto", "on", "off"):
         raise ValueError(f"compute.channels_last: {setting!r} is not one of auto, on, off")
     return device.type == "cuda" if setting == "auto" else setting == "on"
+
+
+def loader_options(device: torch.device | str, threads: int | None, in_memory: bool) -> dict:
+    """DataLoader keyword arguments chosen from the job's device, CPU threads and data path.
+
+    - ``num_workers``: 0 on the CPU when the images are already decoded in memory (the
+      per-sample work is a crop/flip of a small uint8 tensor; worker processes would only take
+      cores from the model's own threads and add a copy of every batch between processes);
+      otherwise (CUDA, whose kernels run asynchronously while the next batch is prepared, or
+      images decoded on the fly) the job's threads less one for the main process, at least 1
+      and at most 8.
+    - ``persistent_workers``: with workers, so they are started once and not at every epoch.
+    - ``pin_memory``: only on CUDA (page-locked host memory for asynchronous copies; useless
+      and a cost on the CPU).
+
+    Only the arguments decide (never ``os.cpu_count()``), so a config gives the same loader,
+    and hence the same augmentation random streams, on every machine.
+    """
+    dev = torch.device(device)
+    threads = max(1, int(threads or 1))
+    if dev.type == "cpu" and in_memory:
+        workers = 0
+    else:
+        workers = min(8, max(1, threads - 1))
+    return {"num_workers": workers, "persistent_workers": workers > 0,
+            "pin_memory": dev.type == "cuda"}
