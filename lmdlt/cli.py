@@ -77,7 +77,8 @@ def cmd_train_stage1(a):
 def cmd_extract(a):
     from .features import extract_features
 
-    extract_features(a.checkpoint, a.split, a.images, a.out, threads=a.threads, device=a.device)
+    extract_features(a.checkpoint, a.split, a.images, a.out, threads=a.threads, device=a.device,
+                     precision=a.precision, channels_last=a.channels_last)
 
 
 def cmd_train_stage2(a):

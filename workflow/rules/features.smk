@@ -10,6 +10,8 @@ rule extract_features:
         FEATURES,
     params:
         device=DEVICE,
+        precision=config["compute"]["precision"],
+        channels_last=config["compute"]["channels_last"],
     threads: THREADS
     log:
         LOGS + "/seed{seed}/features_{s1}.log",
@@ -17,4 +19,5 @@ rule extract_features:
         BENCHMARKS + "/seed{seed}/features_{s1}.tsv"
     shell:
         "lmdlt extract --checkpoint {input.checkpoint} --split {input.split} --images {input.images}"
-        " --threads {threads} --device {params.device} --out {output} > {log} 2>&1"
+        " --threads {threads} --device {params.device} --precision {params.precision}"
+        " --channels-last {params.channels_last} --out {output} > {log} 2>&1"
