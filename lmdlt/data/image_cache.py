@@ -6,6 +6,8 @@ touches a JPEG.
 """
 from __future__ import annotations
 
+import os
+
 import h5py
 import numpy as np
 from tqdm import tqdm
@@ -71,10 +73,72 @@ class ImageCache:
         return out
 
 
-def load_split_images(manifest_path, cache_path) -> dict:
-    """Images and labels per split, plus the manifest metadata."""
+#: the keys of a cache's and a manifest's provenance that say which images they are about
+SOURCE_KEYS = ("source", "root", "options")
+
+
+def _normalised(key: str, value):
+    if key == "root" and value not in (None, ""):
+        return os.path.normpath(os.path.abspath(os.path.expanduser(str(value))))
+    if key == "options":
+        return value or {}
+    return value
+
+
+def check_cache_matches(cache: "ImageCache", manifest_path, manifest_meta: dict, ids=None,
+                        image_size: int | None = None) -> None:
+    """Provenance guard: the image cache holds the images the split manifest was built from.
+
+    Compares the source, data root and source options recorded by both (where both record
+    them: hand-made artefacts may not), ``image_size`` (when the caller knows the size it
+    expects) with the cache's, and names the manifest's ``ids`` the cache lacks. Every message
+    names both files. Feature extraction and every loader of a split's images call this.
+    """
+    recorded = cache.provenance.get("config", {}) or {}
+    expected = (manifest_meta.get("provenance", {}).get("config", {}) or {}).get("dataset") or {}
+    for key in SOURCE_KEYS:
+        if key in recorded and key in expected:
+            ours, theirs = _normalised(key, recorded[key]), _normalised(key, expected[key])
+            if ours != theirs:
+                raise ValueError(
+                    f"image cache {cache.path} was built from dataset {key} {recorded[key]!r} "
+                    f"(config {cache.provenance.get('config_hash', '?')[:12]}), but split "
+                    f"{manifest_path} (hash {manifest_meta.get('content_hash', '?')[:12]}) was "
+                    f"built from {expected[key]!r}; rebuild the cache or use the matching one")
+    if image_size is not None and cache.shape[1:3] != (image_size, image_size):
+        raise ValueError(f"image cache {cache.path} holds {cache.shape[1]}x{cache.shape[2]} px "
+                         f"images, not the {image_size}x{image_size} px expected for split "
+                         f"{manifest_path}")
+    if ids is not None:
+        missing = [i for i in ids if i not in cache._row]
+        if missing:
+            raise ValueError(f"{len(missing)} image(s) of split {manifest_path} are not in the image "
+                             f"cache {cache.path}, e.g. {missing[:5]}; the cache was built from "
+                             "another source or version of the data")
+
+
+def check_checkpoint_inputs(checkpoint_path, checkpoint_meta: dict, manifest_path,
+                            manifest_meta: dict, cache: "ImageCache") -> None:
+    """Provenance guard of a consumer of a stage-1 checkpoint (feature extraction, encoder
+    fine-tuning): the checkpoint was trained on this split and on an image cache with this
+    cache's config (same source and image size), and the cache matches the manifest."""
+    parents = checkpoint_meta.get("provenance", {}).get("parents", {})
+    if parents.get("split") != manifest_meta["content_hash"]:
+        raise ValueError(f"{checkpoint_path} was trained on split {parents.get('split')}, not on "
+                         f"{manifest_path} ({manifest_meta['content_hash']})")
+    images_hash = cache.provenance.get("config_hash")
+    if parents.get("images") is not None and parents["images"] != images_hash:
+        raise ValueError(f"{checkpoint_path} was trained on the image cache {parents['images']}, "
+                         f"not on {cache.path} ({images_hash}): another source or image size")
+    check_cache_matches(cache, manifest_path, manifest_meta)
+
+
+def load_split_images(manifest_path, cache_path, image_size: int | None = None) -> dict:
+    """Images and labels per split, plus the manifest metadata. The cache must match the
+    manifest (``check_cache_matches``: same source, size when given, every id present)."""
     table, meta = read_manifest(manifest_path)
     cache = ImageCache(cache_path)
+    check_cache_matches(cache, manifest_path, meta, table["id"].tolist(), image_size)
     out = {"meta": meta}
     for split in ("train", "val", "test"):
         rows = table[table["split"] == split]

@@ -11,7 +11,7 @@ import pkgutil
 
 from .base import Stage2Method, available_methods, get_method, register
 
-_SKIP = {"base", "linear", "runner"}
+_SKIP = {"base", "guards", "linear", "runner"}
 
 
 def _import_all() -> None:

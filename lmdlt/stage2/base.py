@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..resume import ResumeState
+
 _REGISTRY: dict[str, type["Stage2Method"]] = {}
 
 
@@ -25,6 +27,8 @@ class Stage2Method(abc.ABC):
     name: str = ""
     params: dict[str, Any] = {}
     needs_encoder: bool = False
+    #: set by the runner before fitting: loops that take real time save and resume through it
+    resume: ResumeState | None = None
 
     def __init__(self, params: dict, num_classes: int) -> None:
         self.p = params

@@ -43,7 +43,7 @@ class WeightBalancingClassifier(Stage2Method):
         cw = effective_number_weights(counts, self.p["beta"])
         self.layer = train_linear(
             train["features"], train["labels"], self.num_classes, sampler=self.p["sampler"],
-            generator=generator, init=layer,
+            generator=generator, init=layer, resume=self.resume, name=self.name,
             loss_fn=lambda logits, y, idx: F.cross_entropy(logits, y, weight=cw),
             after_step=lambda l: max_norm_(l.weight, self.p["max_norm"]),
             **{k: self.p[k] for k in LINEAR_PARAMS})

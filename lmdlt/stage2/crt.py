@@ -17,7 +17,8 @@ class ClassifierRetraining(Stage2Method):
     def fit(self, train, val, stage1_classifier, generator):
         hp = {k: self.p[k] for k in LINEAR_PARAMS}
         self.layer = train_linear(train["features"], train["labels"], self.num_classes,
-                                  sampler=self.p["sampler"], generator=generator, **hp)
+                                  sampler=self.p["sampler"], generator=generator,
+                                  resume=self.resume, name=self.name, **hp)
 
     @torch.no_grad()
     def logits(self, features):

@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import logging
 from typing import Iterator
 
 import numpy as np
@@ -23,6 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from ..data.samplers import sample_weights
+
+log = logging.getLogger("lmdlt.stage2")
+
+#: relative jitter tried first on a singular covariance, multiplied by 10 up to JITTER_MAX
+JITTER_START = 1e-6
+JITTER_MAX = 1e2
 
 
 def resample_indices(labels: np.ndarray, sampler: str, generator: torch.Generator) -> np.ndarray:
@@ -47,10 +54,16 @@ def class_statistics(features, labels, num_classes: int, cov_reg: float = 1e-2,
     of drawn features per class.
 
     Covariance: ``sum (x - mu)(x - mu)^T / (n - 1) + cov_reg * I``. A class drawn fewer than
-    twice gets the scatter term 0 (only ``cov_reg * I``); a class with no training feature at
-    all is an error (no distribution can be estimated for it).
+    twice gets the scatter term 0 (only ``cov_reg * I``, logged as a warning); a class with no
+    training feature at all, or non-finite features, is an error (no distribution can be
+    estimated). A singular covariance (cov_reg 0 with few or rank-deficient features) is
+    regularised later, by ``cholesky``.
     """
     x = x_all = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    if not bool(torch.isfinite(x).all()):
+        rows = torch.nonzero(~torch.isfinite(x).all(1)).flatten()
+        raise ValueError(f"{len(rows)} training features are non-finite (NaN/inf), e.g. row "
+                         f"{int(rows[0])}: cannot estimate class Gaussians from them")
     y = np.asarray(labels, dtype=np.int64)
     y_all = torch.as_tensor(y)
     present = np.bincount(y, minlength=num_classes)
@@ -76,6 +89,9 @@ def class_statistics(features, labels, num_classes: int, cov_reg: float = 1e-2,
         if len(xk) > 1:
             d = xk - mu[k]
             cov[k] = d.T @ d / (len(xk) - 1)
+        else:
+            log.warning("class %d has %d training feature(s) drawn: its covariance is cov_reg * I "
+                        "(%g) only", k, len(xk), cov_reg)
         cov[k] += cov_reg * torch.eye(c, dtype=torch.float64)
     return mu, cov, counts
 
@@ -94,11 +110,40 @@ def ema_update(ema: torch.Tensor | None, new: torch.Tensor, decay: float, step: 
 
 
 def cholesky(cov: torch.Tensor) -> torch.Tensor:
-    """Lower Cholesky factors of (K, C, C) covariances, with a clear error when one is not PD."""
+    """Lower Cholesky factors of (K, C, C) covariances.
+
+    A covariance that is not positive definite (a class with one or two features and
+    ``cov_reg`` 0, rank-deficient features such as dead ReLU dimensions) gets a jitter on its
+    diagonal, ``JITTER_START`` times the mean variance of all classes, raised tenfold until it
+    factorises; each such class is logged with the jitter it needed. Non-finite covariances, or
+    one that no jitter up to ``JITTER_MAX`` fixes, are an error naming the classes.
+    """
+    finite = torch.isfinite(cov).flatten(1).all(1)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten().tolist()
+        raise ValueError(f"covariance of classes {bad} is non-finite (NaN/inf features?)")
     L, info = torch.linalg.cholesky_ex(cov)
-    if bool((info != 0).any()):
-        bad = torch.nonzero(info).flatten().tolist()
-        raise ValueError(f"covariance of classes {bad} is not positive definite; raise cov_reg")
+    bad = torch.nonzero(info).flatten().tolist()
+    if not bad:
+        return L
+    L = L.clone()
+    scale = float(torch.diagonal(cov, 0, 1, 2).mean())
+    scale = scale if scale > 0 else 1.0
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+    for k in bad:
+        rel = JITTER_START
+        while rel <= JITTER_MAX:
+            Lk, info_k = torch.linalg.cholesky_ex(cov[k] + rel * scale * eye)
+            if int(info_k) == 0:
+                break
+            rel *= 10
+        else:
+            raise ValueError(f"covariance of class {k} is not positive definite even with a "
+                             f"jitter of {JITTER_MAX:g} x the mean variance; raise cov_reg")
+        log.warning("covariance of class %d is singular (not positive definite): regularised "
+                    "with %.3g * I on its diagonal (%g x the mean variance %.3g); raise cov_reg "
+                    "to silence this", k, rel * scale, rel, scale)
+        L[k] = Lk
     return L
 
 

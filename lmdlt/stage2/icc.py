@@ -40,7 +40,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..data.samplers import make_sampler
+from ..resume import rng_state, set_rng_state
 from .base import Stage2Method, register
+from .guards import check_finite_grads, check_finite_terms
 from .gaussian import fdc_loss, generalized_ce
 from .vfc import MSTEP_PARAMS, MStep, classifier_optimizer
 
@@ -147,7 +149,24 @@ class IterativeClassifierCalibration(Stage2Method):
         opt_m = None
         best = {"iteration": 0, "val_bacc": -1.0, "net": None, "layer": None}
         self.history = []
-        for j in range(p["iterations"]):
+        start = 0
+        saved = self.resume.load(device) if self.resume is not None else None
+        if saved is not None:
+            net.load_state_dict(saved["net"])
+            opt_e.load_state_dict(saved["opt_e"])
+            mstep.load_state_dict(saved["mstep"])
+            if saved["layer"] is not None:
+                layer = nn.Linear(net.feature_dim, k).to(device)
+                layer.load_state_dict(saved["layer"])
+                opt_m = classifier_optimizer(layer, p)
+                opt_m.load_state_dict(saved["opt_m"])
+            best = saved["best"]
+            self.history = saved["history"]
+            set_rng_state(saved["rng"], generator)
+            start = saved["iteration"]
+            log.info("resumed from %s: ICC after iteration %d/%d", self.resume.path, start,
+                     p["iterations"])
+        for j in range(start, p["iterations"]):
             factor = p["lr_gamma"] ** sum(j >= m for m in p["lr_milestones"])
             t0 = time.perf_counter()
             # M-step: features of the current encoder, Gaussians (EMA), classifier on VFC
@@ -177,6 +196,12 @@ class IterativeClassifierCalibration(Stage2Method):
             if p["select"] == "last" or val_bacc > best["val_bacc"]:
                 best = {"iteration": j + 1, "val_bacc": val_bacc,
                         "net": copy.deepcopy(net.state_dict()), "layer": copy.deepcopy(layer.state_dict())}
+            if self.resume is not None:
+                self.resume.save({
+                    "iteration": j + 1, "net": net.state_dict(), "opt_e": opt_e.state_dict(),
+                    "mstep": mstep.state_dict(), "layer": layer.state_dict(),
+                    "opt_m": opt_m.state_dict(), "best": best, "history": self.history,
+                    "rng": rng_state(generator)})
         net.load_state_dict(best["net"])
         net.classifier.load_state_dict(best["layer"])
         self.net = net.eval()
@@ -198,14 +223,18 @@ class IterativeClassifierCalibration(Stage2Method):
         net.train()
         sums: dict[str, float] = {}
         seen = 0
-        for _ in range(p["e_epochs"]):
-            for x, y in loader:
+        params = [(n, q) for n, q in net.encoder.named_parameters()]
+        for epoch in range(p["e_epochs"]):
+            for step, (x, y) in enumerate(loader):
                 x, y = x.to(device), y.to(device)
                 terms = e_step_terms(net, layer, x, y, mu, chol, p)
+                where = f"ICC iteration {mstep.step} E-step: epoch {epoch + 1}, step {step + 1}"
+                check_finite_terms(terms, where)
                 loss = sum(terms.values())
                 if loss.requires_grad:  # no_grad label loss with lambda_e = 0: BN statistics only
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    check_finite_grads(params, where)
                     opt.step()
                 for n, v in terms.items():
                     sums[n] = sums.get(n, 0.0) + float(v.detach()) * len(y)

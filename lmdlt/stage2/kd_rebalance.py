@@ -52,7 +52,7 @@ class DistillationRebalancing(Stage2Method):
         opts = {"gamma": self.p["gamma"]} if self.p["sampler"] == "class_aware" else {}
         self.layer = train_linear(
             train["features"], train["labels"], self.num_classes, sampler=self.p["sampler"],
-            generator=generator, init=layer, sampler_options=opts,
+            generator=generator, init=layer, resume=self.resume, name=self.name, sampler_options=opts,
             loss_fn=lambda logits, y, idx: kd_loss(logits, teacher[idx], y, self.p["w_d"], self.p["tau_d"]),
             **{k: self.p[k] for k in LINEAR_PARAMS})
 

@@ -36,6 +36,7 @@ class LearnableWeightScaling(Stage2Method):
         hp = {k: self.p[k] for k in LINEAR_PARAMS}
         self.model = train_linear(train["features"], train["labels"], self.num_classes,
                                   sampler=self.p["sampler"], generator=generator,
+                                  resume=self.resume, name=self.name,
                                   init=ScaledClassifier(stage1_classifier["weight"], stage1_classifier["bias"]),
                                   **hp)
 

@@ -16,15 +16,46 @@ import numpy as np
 
 from ..features import FeatureSet
 from ..io import atomic_path, h5_write_provenance, provenance, sha256_file
+from ..resume import ResumeState, run_identity
 from ..runtime import setup_torch
 from .base import get_method
 
 log = logging.getLogger("lmdlt.stage2")
 
 
-def run_stage2(features_path, cfg: dict, seed: int, out_path, threads: int | None = None) -> dict:
+def check_features(fs: FeatureSet, checkpoint_path=None, manifest_path=None) -> None:
+    """Provenance guard of a features file: its recorded checkpoint and split hashes agree with
+    its own provenance record and, when given, with the checkpoint file and split manifest."""
+    recorded = {"checkpoint": fs.attrs.get("checkpoint_sha256"), "split": fs.attrs.get("split_hash")}
+    parents = fs.provenance.get("parents", {})
+    for key, value in recorded.items():
+        if value is None:
+            raise ValueError(f"{fs.path}: no recorded {key} hash; not an lmdlt features file")
+        if parents.get(key) not in (None, value):
+            raise ValueError(f"{fs.path}: inconsistent provenance, {key} hash {value} in its "
+                             f"attributes but {parents[key]} in its provenance record")
+    if checkpoint_path is not None:
+        actual = sha256_file(checkpoint_path)
+        if actual != recorded["checkpoint"]:
+            raise ValueError(f"{fs.path} was extracted with checkpoint {recorded['checkpoint']}, "
+                             f"not with {checkpoint_path} ({actual}); re-run feature extraction")
+    if manifest_path is not None:
+        from ..data.splits import read_manifest
+
+        expected = read_manifest(manifest_path)[1]["content_hash"]
+        if expected != recorded["split"]:
+            raise ValueError(f"{fs.path} was extracted on split {recorded['split']}, not on "
+                             f"{manifest_path} ({expected}); re-run feature extraction")
+
+
+def run_stage2(features_path, cfg: dict, seed: int, out_path, threads: int | None = None,
+               checkpoint_path=None, manifest_path=None) -> dict:
+    """Fit a features-based stage-2 method and write its predictions. With ``checkpoint_path``
+    / ``manifest_path`` the features must have been extracted with that checkpoint on that
+    split (``check_features``). A killed run resumes from ``<out_path>.resume.pt``."""
     gen = setup_torch(seed, threads)
     fs = FeatureSet(features_path)
+    check_features(fs, checkpoint_path, manifest_path)
     k = len(fs.class_names)
     method = get_method(cfg["method"])(cfg["params"], k)
     if method.needs_encoder:
@@ -34,18 +65,20 @@ def run_stage2(features_path, cfg: dict, seed: int, out_path, threads: int | Non
     log.info("%s on %s: train %d features (per class %s), dim %d", cfg["method"], features_path,
              len(train["labels"]), np.bincount(train["labels"], minlength=k).tolist(),
              train["features"].shape[1])
+    parents = {"features": sha256_file(features_path), "checkpoint": fs.attrs["checkpoint_sha256"],
+               "split": fs.attrs["split_hash"]}
+    method.resume = ResumeState(out_path, run_identity("stage2", cfg, parents, seed))
     method.fit(train, val, fs.classifier, gen)  # the test split is never handed to fit
     summary = method.summary()
     if summary:
         log.info("fitted: %s", summary)
-    prov = provenance("stage2", cfg, {"features": sha256_file(features_path),
-                                      "checkpoint": fs.attrs["checkpoint_sha256"],
-                                      "split": fs.attrs["split_hash"]}, seed)
+    prov = provenance("stage2", cfg, parents, seed)
     prov["summary"] = summary
     outputs = {split: {"logits": method.logits(d["features"]), "labels": d["labels"], "ids": d["ids"]}
                for split, d in fs.splits.items()}
     write_predictions(out_path, outputs, method.state(), fs.class_names,
                       fs.attrs["checkpoint_sha256"], fs.attrs["split_hash"], prov)
+    method.resume.clear()  # the predictions exist: nothing left to resume
     return summary
 
 
@@ -70,7 +103,8 @@ def write_predictions(out_path, outputs: dict, state: dict, class_names, checkpo
 def run_stage2_encoder(checkpoint_path, manifest_path, cache_path, cfg: dict, seed: int, out_path,
                        threads: int | None = None, device: str = "auto") -> dict:
     """Run a stage-2 method that fine-tunes the encoder; write predictions of every split."""
-    from ..data.image_cache import ImageCache, load_split_images
+    from ..data.image_cache import ImageCache, check_checkpoint_inputs, load_split_images
+    from ..data.splits import read_manifest
     from ..runtime import select_device
     from ..models.checkpoint import load_checkpoint
     from .icc import encode_images
@@ -82,13 +116,16 @@ def run_stage2_encoder(checkpoint_path, manifest_path, cache_path, cfg: dict, se
         raise ValueError(f"stage-2 method {cfg['method']!r} works on cached features: run it with "
                          "`lmdlt train-stage2 --features ...`")
     net, meta = load_checkpoint(checkpoint_path, dev)
+    cache = ImageCache(cache_path)
+    check_checkpoint_inputs(checkpoint_path, meta, manifest_path, read_manifest(manifest_path)[1], cache)
     data = load_split_images(manifest_path, cache_path)
     split_hash = data["meta"]["content_hash"]
-    if meta["provenance"]["parents"].get("split") != split_hash:
-        raise ValueError(f"{checkpoint_path} was trained on split "
-                         f"{meta['provenance']['parents'].get('split')}, not on {manifest_path} ({split_hash})")
+    images_hash = cache.provenance["config_hash"]
     k = meta["num_classes"]
     method = method_cls(cfg["params"], k)
+    ckpt_hash = sha256_file(checkpoint_path)
+    parents = {"checkpoint": ckpt_hash, "split": split_hash, "images": images_hash}
+    method.resume = ResumeState(out_path, run_identity("stage2", cfg, parents, seed))
     (x_tr, y_tr, _), (x_val, y_val, _) = data["train"], data["val"]
     log.info("%s on %s (device %s): train %d images (per class %s), val %d", cfg["method"],
              checkpoint_path, dev, len(y_tr), np.bincount(y_tr, minlength=k).tolist(), len(y_val))
@@ -96,9 +133,7 @@ def run_stage2_encoder(checkpoint_path, manifest_path, cache_path, cfg: dict, se
     summary = method.summary()
     if summary:
         log.info("fitted: %s", summary)
-    ckpt_hash = sha256_file(checkpoint_path)
-    prov = provenance("stage2", cfg, {"checkpoint": ckpt_hash, "split": split_hash,
-                                      "images": ImageCache(cache_path).provenance["config_hash"]}, seed)
+    prov = provenance("stage2", cfg, parents, seed)
     prov["summary"] = summary
     outputs = {}
     for split in ("train", "val", "test"):
@@ -106,4 +141,5 @@ def run_stage2_encoder(checkpoint_path, manifest_path, cache_path, cfg: dict, se
         feats = encode_images(method.net, x, dev)
         outputs[split] = {"logits": method.logits(feats), "labels": y, "ids": ids}
     write_predictions(out_path, outputs, method.state(), meta["class_names"], ckpt_hash, split_hash, prov)
+    method.resume.clear()  # the predictions exist: nothing left to resume
     return summary

@@ -20,13 +20,16 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..resume import rng_state, set_rng_state
 from .base import Stage2Method, register
+from .guards import check_finite_grads, check_finite_terms
 from .gaussian import cholesky, class_statistics, ema_update, isda_logits, iter_virtual_batches
 
 log = logging.getLogger("lmdlt.stage2")
@@ -82,6 +85,14 @@ class MStep:
         log.info("M-step %d: class statistics from %s sampling (drawn per class %s)", self.step,
                  self.p["m_sampler"], counts.tolist())
 
+    def state_dict(self) -> dict:
+        return {"mu": self.mu, "cov": self.cov, "chol": self.chol, "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mu, self.cov, self.chol = (None if state[k] is None else state[k].cpu()
+                                        for k in ("mu", "cov", "chol"))
+        self.step = int(state["step"])
+
     def _batches(self, features, labels, generator, device=None):
         p = self.p
         if p["features"] == "virtual":
@@ -107,39 +118,54 @@ class MStep:
         return math.ceil(self.p["virtual_per_class"] * self.k / self.p["m_batch_size"])
 
     def train(self, layer: nn.Linear, opt: torch.optim.Optimizer, generator: torch.Generator,
-              features=None, labels=None, sched=None) -> dict:
-        """Train ``layer`` on this M-step's features; ``sched`` (optional) steps per batch."""
+              features=None, labels=None, sched=None, start_epoch: int = 0,
+              totals: tuple[float, float] = (0.0, 0.0),
+              after_epoch: Callable[[int, float, float], None] | None = None) -> dict:
+        """Train ``layer`` on this M-step's features; ``sched`` (optional) steps per batch.
+
+        Resuming (sampled mode): ``start_epoch`` passes already done, ``totals`` their
+        (loss sum, count); ``after_epoch(epochs_done, loss_sum, count)`` runs after each pass
+        (VFC saves its resume state there). A non-finite loss or gradient stops the run."""
         if self.mu is None:
             raise RuntimeError("MStep.train before MStep.estimate")
         t0 = time.perf_counter()
         dev = layer.weight.device
         layer.train()
-        total = n = 0.0
+        total, n = totals
+        params = list(layer.named_parameters())
         if self.p["mode"] == "implicit":
             mu = self.mu.to(dev, torch.float32)
             cov = self.cov.to(dev, torch.float32)
             target = torch.arange(self.k, device=dev)
-            for _ in range(self.p["implicit_steps"]):
+            for step in range(self.p["implicit_steps"]):
                 loss = F.cross_entropy(isda_logits(layer.weight, layer.bias, mu, cov,
                                                    self.p["isda_strength"]), target)
+                where = f"M-step {self.step} (implicit): step {step + 1}"
+                check_finite_terms({"isda_ce": loss}, where)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                check_finite_grads(params, where)
                 opt.step()
                 if sched is not None:
                     sched.step()
                 total, n = float(loss.detach()), 1.0
         else:
-            for _ in range(self.p["m_epochs"]):
-                for v, y in self._batches(features, labels, generator, dev):
+            for epoch in range(start_epoch, self.p["m_epochs"]):
+                for step, (v, y) in enumerate(self._batches(features, labels, generator, dev)):
                     v, y = v.to(dev), y.to(dev)
                     loss = F.cross_entropy(layer(v), y)
+                    where = f"M-step {self.step}: epoch {epoch + 1}, step {step + 1}"
+                    check_finite_terms({"ce": loss}, where)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    check_finite_grads(params, where)
                     opt.step()
                     if sched is not None:
                         sched.step()
                     total += float(loss.detach()) * len(y)
                     n += len(y)
+                if after_epoch is not None:
+                    after_epoch(epoch + 1, total, n)
         out = {"m_loss": total / max(n, 1.0), "m_seconds": time.perf_counter() - t0}
         log.info("M-step %d: %s/%s classifier loss %.4f in %.2fs", self.step, self.p["features"],
                  self.p["mode"], out["m_loss"], out["m_seconds"])
@@ -166,7 +192,9 @@ class VirtualFeatureCalibration(Stage2Method):
     def fit(self, train, val, stage1_classifier, generator):
         feats, labels = train["features"], train["labels"]
         self.mstep = MStep(self.p, self.num_classes)
-        self.mstep.estimate(feats, labels, generator)
+        saved = self.resume.load() if self.resume is not None else None
+        if saved is None:
+            self.mstep.estimate(feats, labels, generator)
         self.layer = nn.Linear(feats.shape[1], self.num_classes)
         opt = classifier_optimizer(self.layer, self.p)
         sched = None
@@ -174,7 +202,28 @@ class VirtualFeatureCalibration(Stage2Method):
             steps = max(self.mstep.total_steps(), 1)
             sched = torch.optim.lr_scheduler.LambdaLR(
                 opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-        self.result = self.mstep.train(self.layer, opt, generator, feats, labels, sched)
+        start, totals = 0, (0.0, 0.0)
+        if saved is not None:
+            self.mstep.load_state_dict(saved["mstep"])
+            self.layer.load_state_dict(saved["layer"])
+            opt.load_state_dict(saved["optimizer"])
+            if sched is not None:
+                sched.load_state_dict(saved["scheduler"])
+            set_rng_state(saved["rng"], generator)
+            start, totals = saved["epoch"], (saved["loss_sum"], saved["count"])
+            log.info("resumed from %s: VFC after M-step epoch %d/%d", self.resume.path, start,
+                     self.p["m_epochs"])
+
+        def save(epochs_done: int, loss_sum: float, count: float) -> None:
+            self.resume.save({"epoch": epochs_done, "loss_sum": loss_sum, "count": count,
+                              "mstep": self.mstep.state_dict(), "layer": self.layer.state_dict(),
+                              "optimizer": opt.state_dict(),
+                              "scheduler": sched.state_dict() if sched is not None else None,
+                              "rng": rng_state(generator)})
+
+        self.result = self.mstep.train(self.layer, opt, generator, feats, labels, sched,
+                                       start_epoch=start, totals=totals,
+                                       after_epoch=save if self.resume is not None else None)
 
     @torch.no_grad()
     def logits(self, features):
