@@ -87,12 +87,15 @@ def compute_metrics(labels: np.ndarray, logits: np.ndarray, groups: dict[str, li
     return out
 
 
-def check_against_manifest(predictions_path, f, manifest_path, split: str) -> None:
+def check_against_manifest(predictions_path, f, manifest_path, split: str) -> dict:
     """Provenance and leak guards before any metric is computed.
 
-    The predictions must come from this split manifest (same content hash), cover exactly its
-    ``split`` images, and no evaluated image id (nor, when the source has groups such as
-    HAM10000's lesion_id, any evaluated group) may occur in another split.
+    The predictions must come from this split manifest (same content hash, in the attributes
+    and in the provenance record), cover exactly its ``split`` images with the manifest's
+    labels, and no evaluated image id (nor, when the manifest has a ``group`` column such as
+    HAM10000's lesion_id, any evaluated group) may occur in another split. The one exception:
+    a manifest built with ``split.grouped: false`` is a naive split asked for on purpose (to
+    measure the leak); its shared groups are logged and returned, not refused.
     """
     from .data.splits import read_manifest
 
@@ -101,24 +104,45 @@ def check_against_manifest(predictions_path, f, manifest_path, split: str) -> No
     if recorded != meta["content_hash"]:
         raise ValueError(f"{predictions_path} was computed on split {recorded}, not on "
                          f"{manifest_path} ({meta['content_hash']}); re-run its stages")
-    evaluated = set(f[f"{split}/ids"].asstr()[:])
-    expected = set(table.loc[table["split"] == split, "id"])
+    parent = h5_read_provenance(f).get("parents", {}).get("split")
+    if parent is not None and parent != recorded:
+        raise ValueError(f"{predictions_path}: inconsistent provenance, split {recorded} in its "
+                         f"attributes but {parent} in its provenance record")
+    ids = f[f"{split}/ids"].asstr()[:]
+    evaluated = set(ids)
+    if len(evaluated) != len(ids):
+        raise ValueError(f"{predictions_path}: an image occurs twice in its {split} split")
+    rows = table[table["split"] == split]
+    expected = set(rows["id"])
     if evaluated != expected:
         extra = sorted(evaluated - expected)[:3]
         missing = sorted(expected - evaluated)[:3]
         raise ValueError(f"{predictions_path}: its {split} images differ from the manifest's "
                          f"(not in the manifest's {split} split: {extra}; missing: {missing})")
+    label_of = dict(zip(rows["id"], rows["label"].astype(int)))
+    labels = f[f"{split}/labels"][:]
+    wrong = [i for i, y in zip(ids, labels) if label_of[i] != int(y)]
+    if wrong:
+        raise ValueError(f"{predictions_path}: {len(wrong)} {split} label(s) differ from "
+                         f"{manifest_path}, e.g. image {wrong[0]!r}")
     others = table[table["split"] != split]
     leaked = evaluated & set(others["id"])
     if leaked:
         raise ValueError(f"split leak: {split} image {sorted(leaked)[0]!r} is also in another split "
                          f"of {manifest_path}")
     if "group" in table.columns:
-        groups = set(table.loc[table["split"] == split, "group"].dropna())
+        groups = set(rows["group"].dropna())
         shared = groups & set(others["group"].dropna())
-        if shared:
+        naive = meta.get("provenance", {}).get("config", {}).get("split", {}).get("grouped") is False
+        if shared and not naive:
             raise ValueError(f"split leak: group {sorted(map(str, shared))[0]!r} has images in the "
                              f"{split} split and in another split of {manifest_path}")
+        if shared:
+            log.warning("%s is a naive split (split.grouped: false): %d %s group(s) also have "
+                        "images in train/val, e.g. %r; its metrics include that leak",
+                        manifest_path, len(shared), split, sorted(map(str, shared))[0])
+            return {"shared_groups": len(shared)}
+    return {}
 
 
 def evaluate_file(predictions_path, group_rule: dict, out_path, split: str = "test",
@@ -130,8 +154,9 @@ def evaluate_file(predictions_path, group_rule: dict, out_path, split: str = "te
     """
     with h5py.File(predictions_path, "r") as f:
         parent = h5_read_provenance(f)
+        leak = {}
         if manifest_path is not None:
-            check_against_manifest(predictions_path, f, manifest_path, split)
+            leak = check_against_manifest(predictions_path, f, manifest_path, split)
         class_names = [str(c) for c in f.attrs["class_names"]]
         train_counts = np.bincount(f["train/labels"][:], minlength=len(class_names))
         labels, logits = f[f"{split}/labels"][:], f[f"{split}/logits"][:]
@@ -148,6 +173,7 @@ def evaluate_file(predictions_path, group_rule: dict, out_path, split: str = "te
         "split": split, "metrics": result, "class_names": class_names,
         "train_counts": train_counts.tolist(), "groups": groups, "group_rule": group_rule,
         "n_images": int(len(labels)),
+        **({"naive_split_leak": leak} if leak else {}),
         "provenance": provenance("evaluate", {"group_rule": group_rule, "split": split},
                                  parents, parent.get("seed")),
     }
