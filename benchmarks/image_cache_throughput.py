@@ -9,13 +9,18 @@ epoch. No model runs: this is the data side of an epoch only.
 
     python benchmarks/image_cache_throughput.py --root ../shared/data/ham10000 --size 28 --epochs 2
 
-Prints one line per (mode, epoch) and a JSON summary; ``--workers`` sets DataLoader workers
-(0 = in the main process).
+Prints one line per (mode, epoch), a Markdown table and a JSON summary. ``--limit N`` keeps N
+training images; ``--workers`` lists the DataLoader worker counts to compare (0 = in the main
+process; ``lmdlt.runtime.loader_options`` picks 0 for cached images on the CPU); cases are
+interleaved every epoch and medians reported.
+
+    python benchmarks/image_cache_throughput.py --limit 2000 --epochs 5 --workers 0 1
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -77,6 +82,7 @@ class JpegImages(Dataset):
 
 
 def epoch_rate(ds: Dataset, batch: int, workers: int, seed: int) -> float:
+    """Images per second of one epoch, worker start-up included (a fresh loader per epoch)."""
     loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
                         generator=torch.Generator().manual_seed(seed))
     n = 0
@@ -93,7 +99,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=28)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=int, nargs="+", default=[0])
+    p.add_argument("--limit", type=int, default=None, help="training images kept (first N)")
     p.add_argument("--pad", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     a = p.parse_args()
@@ -104,6 +111,8 @@ def main() -> None:
     split = build_split(index, {"protocol": "lmd", "imbalance_ratio": 100, "val_fraction": 0.1,
                                 "test_fraction": 0.2, "grouped": True}, 0)
     train = split[split["split"] == "train"]
+    if a.limit:
+        train = train.sample(n=min(a.limit, len(train)), random_state=0)
     labels = train["label"].to_numpy(np.int64)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,24 +127,39 @@ def main() -> None:
 
         dirs = src._dirs()
         paths = [src._find(dirs, p) for p in train["path"]]
-        rates = {"cache": [], "jpeg": []}
+        load0 = os.getloadavg()
+        cases = [(mode, w) for mode in ("cache", "jpeg") for w in a.workers]
+        rates = {c: [] for c in cases}
         for e in range(a.epochs):
-            for mode, ds in (("cache", CachedImages(images, labels, a.pad)),
-                             ("jpeg", JpegImages(paths, labels, a.size, a.pad))):
-                r = epoch_rate(ds, a.batch_size, a.workers, e)
-                rates[mode].append(r)
-                print(f"epoch {e + 1} {mode:5s} {r:9.0f} images/s", flush=True)
+            for mode, w in cases:
+                ds = (CachedImages(images, labels, a.pad) if mode == "cache"
+                      else JpegImages(paths, labels, a.size, a.pad))
+                r = epoch_rate(ds, a.batch_size, w, e)
+                rates[(mode, w)].append(r)
+                print(f"epoch {e + 1} {mode:5s} workers {w} {r:9.0f} images/s", flush=True)
+        load1 = os.getloadavg()
 
+    med = {c: float(np.median(v)) for c, v in rates.items()}
+    base = med[("jpeg", a.workers[0])]
+    print(f"\n{len(train)} training images, {a.size} px, batch {a.batch_size}, {a.epochs} epochs per "
+          f"case interleaved, load average {'/'.join(f'{v:.1f}' for v in load0)} -> "
+          f"{'/'.join(f'{v:.1f}' for v in load1)}\n")
+    print("| path | DataLoader workers | images/s (median) | ratio to JPEG decoding, workers "
+          f"{a.workers[0]} |\n|---|---|---|---|")
+    for (mode, w), v in med.items():
+        name = "HDF5 image cache (in memory)" if mode == "cache" else "decode + resize each JPEG (PIL)"
+        print(f"| {name} | {w} | {v:,.0f} | {v / base:.2f} |")
+    print()
     summary = {
         "machine": f"{platform.node()} {platform.machine()} {torch.get_num_threads()} torch threads, "
-                   f"{__import__('os').cpu_count()} CPUs",
+                   f"{os.cpu_count()} CPUs",
         "train_images": len(train), "image_size": a.size, "workers": a.workers,
         "cache_build_s": round(build_s, 2), "cache_images": n_cached,
         "cache_build_images_per_s": round(n_cached / build_s, 1), "cache_mb": round(size_mb, 1),
         "cache_load_train_s": round(load_s, 3),
-        "epoch_images_per_s": {m: round(float(np.median(v)), 1) for m, v in rates.items()},
+        "epoch_images_per_s": {f"{m} workers {w}": round(v, 1) for (m, w), v in med.items()},
+        "speedup": round(med[("cache", a.workers[0])] / base, 2),
     }
-    summary["speedup"] = round(summary["epoch_images_per_s"]["cache"] / summary["epoch_images_per_s"]["jpeg"], 1)
     print(json.dumps(summary, indent=2))
 
 

@@ -86,8 +86,25 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     devices = a.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    results = []
     for d in devices:
-        print(json.dumps(run(d, a.r, a.k, a.c, a.n_real, a.implicit_steps, a.seed)), flush=True)
+        out = run(d, a.r, a.k, a.c, a.n_real, a.implicit_steps, a.seed)
+        results.append(out)
+        print(json.dumps(out), flush=True)
+    print()
+    print("| device | part | time (s) | peak RSS (MB) | ratio |")
+    print("|---|---|---|---|---|")
+    for o in results:
+        gb = o["virtual_float32_gb_if_materialised"] * 1e3
+        print(f"| {o['device']} | statistics (resample, mean, covariance, Cholesky) | {o['estimate_seconds']:.1f} | | |")
+        print(f"| {o['device']} | sampled M-step, {o['virtual_features']:,} virtual features, "
+              f"{o['sampled_steps']:,} SGD steps | {o['sampled_train_seconds']:.1f} | "
+              f"{o['peak_rss_mb_after_sampled']:.0f} (before: {o['peak_rss_mb_before_train']:.0f}) | "
+              f"peak RSS / one materialised float32 matrix ({gb:,.0f} MB): "
+              f"{o['peak_rss_mb_after_sampled'] / gb:.2f} |")
+        print(f"| {o['device']} | implicit M-step, {o['implicit_steps']} ISDA steps | "
+              f"{o['implicit_train_seconds']:.1f} | {o['peak_rss_mb_end']:.0f} | time / sampled: "
+              f"{o['implicit_train_seconds'] / o['sampled_train_seconds']:.2f} |")
 
 
 if __name__ == "__main__":
