@@ -1,0 +1,240 @@
+"""Multi-process stage 1 (torchrun, DDP, SyncBatchNorm) on CPU with gloo: N processes are the
+single-process run with the same global batch, up to float rounding."""
+import copy
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn import functional as F
+
+from lmdlt.config import validate_variant
+from lmdlt.data.image_cache import build_image_cache, load_split_images
+from lmdlt.data.samplers import available_samplers, make_sampler, set_sampler_epoch
+from lmdlt.data.sources import get_source
+from lmdlt.data.splits import build_split, write_manifest
+from lmdlt.io import provenance
+from lmdlt.models import build_network
+from lmdlt.models.checkpoint import load_checkpoint
+from lmdlt.stage1.distributed import (SINGLE_PROCESS, CPUSyncBatchNorm, Distributed, ShardedSampler,
+                                      from_env)
+from lmdlt.stage1.trainer import predict_logits, train_stage1
+
+# Per-step losses of N processes vs 1: the same sums in another order (SyncBN statistics and
+# gradients reduced over ranks), float32 rounding compounded over the compared steps.
+LOSS_RTOL = 1e-5
+PARAM_ATOL = 1e-5
+
+
+# ---------------------------------------------------------------- sampler sharding
+
+def _sampler(name, labels, seed):
+    g = torch.Generator().manual_seed(seed)
+    opts = {"gamma": 0.5} if name == "class_aware" else {}
+    return make_sampler(labels, name, g, epochs=3, **opts)
+
+
+@pytest.mark.parametrize("name", available_samplers())
+@pytest.mark.parametrize("world,n", [(2, 100), (3, 100), (4, 64)])
+def test_shards_of_the_global_draw_union_to_the_single_process_draw(name, world, n):
+    labels = np.repeat(np.arange(4), [n // 2, n // 4, n // 8, n - n // 2 - n // 4 - n // 8])
+    single = _sampler(name, labels, seed=3)
+    shards = [ShardedSampler(_sampler(name, labels, seed=3), r, world) for r in range(world)]
+    batch = 4 * world
+    for epoch in range(3):  # fresh draws each epoch stay in step (progressive re-weights per epoch)
+        set_sampler_epoch(single, epoch)
+        for s in shards:
+            set_sampler_epoch(s, epoch)
+        draw = list(single)
+        per_rank = [list(s) for s in shards]
+        usable = n // world * world
+        assert all(len(p) == len(s) == n // world for p, s in zip(per_rank, shards))
+        interleaved = [per_rank[i % world][i // world] for i in range(usable)]
+        assert interleaved == draw[:usable]  # the union, in the single-process order
+        # per-rank batches of batch / world hold exactly the single-process batch's indices
+        local = batch // world
+        for j in range(usable // batch):
+            union = sorted(i for p in per_rank for i in p[j * local:(j + 1) * local])
+            assert union == sorted(draw[j * batch:(j + 1) * batch])
+    assert shards[0].generator is shards[0].sampler.generator  # what a resume file saves
+
+
+def test_per_rank_batch_must_divide_the_global_batch():
+    assert Distributed(4, 1, 1, "gloo").local_batch_size(64) == 16
+    with pytest.raises(ValueError, match=r"stage1.batch_size \(30\).*compute.stage1_processes = 4"):
+        Distributed(4, 1, 1, "gloo").local_batch_size(30)
+
+
+def test_torchrun_environment_is_recognised():
+    assert from_env({}) == SINGLE_PROCESS and not from_env({"WORLD_SIZE": "1"}).active
+    ctx = from_env({"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "0"})
+    assert (ctx.world_size, ctx.rank, ctx.local_rank, ctx.is_main) == (4, 2, 0, False)
+    with pytest.raises(RuntimeError, match="LOCAL_RANK is not set"):
+        from_env({"WORLD_SIZE": "2", "RANK": "0"})
+
+
+# ---------------------------------------------------------------- DDP + SyncBN + extra modules
+
+class _HeadMethod:
+    """A method with an extra trainable head (its gradient must be averaged over ranks) and an
+    EMA teacher of it updated in after_step (it must stay identical on every rank)."""
+
+    def __init__(self, dim):
+        self.head = nn.Linear(dim, 3)
+        self.teacher = copy.deepcopy(self.head).requires_grad_(False)
+
+    def modules(self):
+        return nn.ModuleDict({"head": self.head})
+
+    def loss(self, net, x, y, epoch):
+        f = net.features(x)  # called outside net.forward, as most methods do
+        return {"ce": F.cross_entropy(net.classifier(f), y), "head": self.head(f).pow(2).mean()}
+
+    def after_step(self, net):
+        with torch.no_grad():
+            for t, s in zip(self.teacher.parameters(), self.head.parameters()):
+                t.mul_(0.9).add_(s, alpha=0.1)
+
+
+def _toy_run(ctx: Distributed, steps: int = 4) -> dict:
+    torch.manual_seed(0)
+    net = build_network({"arch": "small_resnet", "width": 8, "blocks_per_stage": 1}, 1, 4, [0.5], [0.25])
+    net = ctx.prepare(net, torch.device("cpu"))
+    method = _HeadMethod(net.feature_dim)
+    extra = ctx.prepare(method.modules(), torch.device("cpu"))
+    step = ctx.wrap(method, net, extra, seed=0)
+    opt = torch.optim.SGD([*net.parameters(), *extra.parameters()], lr=0.1, momentum=0.9)
+    data = torch.Generator().manual_seed(1)
+    losses = []
+    net.train()
+    for _ in range(steps):
+        x = torch.randint(0, 256, (16, 1, 8, 8), generator=data, dtype=torch.uint8)
+        y = torch.randint(0, 4, (16,), generator=data)
+        # a rank's share of the global batch, as ShardedSampler hands it out
+        terms = step(x[ctx.rank::ctx.world_size], y[ctx.rank::ctx.world_size], 0)
+        loss = sum(terms.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        method.after_step(net)
+        losses.append(loss.detach())
+    _, _, losses = ctx.reduce_epoch({}, 0, losses)
+    return {"net": {k: v.clone() for k, v in net.state_dict().items()},
+            "head": {k: v.clone() for k, v in method.head.state_dict().items()},
+            "teacher": {k: v.clone() for k, v in method.teacher.state_dict().items()},
+            "losses": losses, "sync_bn": sum(isinstance(m, CPUSyncBatchNorm) for m in net.modules())}
+
+
+def _toy_worker(rank, world, init_file, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.save(_toy_run(Distributed(world, rank, rank, "gloo")), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_with_extra_modules_matches_a_single_process_and_ranks_agree(tmp_path):
+    torch.set_num_threads(1)
+    mp.spawn(_toy_worker, args=(2, str(tmp_path / "rdv"), str(tmp_path)), nprocs=2)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
+    single = _toy_run(SINGLE_PROCESS)
+    assert r0["sync_bn"] > 0 and single["sync_bn"] == 0
+    for part in ("net", "head", "teacher"):
+        for k in single[part]:
+            torch.testing.assert_close(r0[part][k], r1[part][k], rtol=0, atol=0)  # ranks identical
+            torch.testing.assert_close(r0[part][k].double(), single[part][k].double(),
+                                       rtol=0, atol=PARAM_ATOL, msg=f"{part}.{k}")
+    np.testing.assert_allclose(r0["losses"], single["losses"], rtol=LOSS_RTOL)
+    # the head and teacher moved: a test of parameters that never change would prove nothing
+    assert not torch.equal(single["teacher"]["weight"], _HeadMethod(single["net"]["classifier.weight"].shape[1])
+                           .teacher.weight)
+
+
+# ---------------------------------------------------------------- the trainer under torchrun
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    src = get_source("digits")
+    build_image_cache(src, 8, d / "images.h5", provenance("image_cache", {"size": 8}))
+    split = {"protocol": "cui", "imbalance_ratio": 10, "val_per_class": 10, "test_per_class": 10,
+             "n_cap": None, "class_order": "count"}
+    index = src.index()
+    write_manifest(d / "split.parquet", build_split(index, split, 0), index.class_names,
+                   provenance("split", split, seed=0))
+    return d
+
+
+# Runs the real CLI on every rank; rank 0 also saves the validation logits it computed.
+DRIVER = textwrap.dedent("""
+    import os, sys
+    import numpy as np
+    import lmdlt.stage1.trainer as trainer
+    from lmdlt import cli
+
+    computed = []
+    predict = trainer.predict_logits
+    def spy(*args, **kwargs):
+        computed.append(predict(*args, **kwargs))
+        return computed[-1]
+    trainer.predict_logits = spy
+    rc = cli.main(sys.argv[2:])
+    if os.environ["RANK"] == "0":
+        np.save(sys.argv[1], computed[-1])
+    elif computed:
+        sys.exit("a rank other than 0 validated")
+    sys.exit(rc)
+""")
+
+
+def test_two_processes_match_one_process_and_the_checkpoint_loads_alone(data, tmp_path):
+    # CE, no augmentation, a BatchNorm ResNet: only SyncBN + gradient averaging make this equal
+    cfg = validate_variant("stage1", {"method": "ce", "epochs": 2, "batch_size": 32, "lr": 0.05,
+                                      "select": "last", "model": {"width": 8}})
+    args = ["--split", str(data / "split.parquet"), "--images", str(data / "images.h5"),
+            "--params", json.dumps(cfg), "--seed", "0", "--threads", "1", "--device", "cpu"]
+    t0 = time.perf_counter()
+    one = train_stage1(data / "split.parquet", data / "images.h5", cfg, 0, tmp_path / "one.pt",
+                       threads=1, device="cpu")
+    t1 = time.perf_counter()
+    (tmp_path / "driver.py").write_text(DRIVER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(tmp_path / "driver.py"), str(tmp_path / "rank0_val.npy"), "train-stage1", *args,
+                           "--out", str(tmp_path / "two.pt")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    t2 = time.perf_counter()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    log = proc.stderr
+    assert "distributed: 2 processes, backend gloo, device cpu" in log
+    assert log.count("epoch 1/2 loss") == 1  # rank 0 alone logs epochs
+    print(f"1 process {t1 - t0:.1f}s, torchrun 2 processes {t2 - t1:.1f}s")
+
+    net, meta = load_checkpoint(tmp_path / "two.pt")  # single process, plain BatchNorm
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in net.modules())
+    a = np.concatenate([h["step_losses"] for h in one["history"]])
+    b = np.concatenate([h["step_losses"] for h in meta["history"]])
+    assert len(a) == len(b) >= 10
+    diff = np.abs(a - b) / np.abs(a)
+    print(f"per-step loss: max relative difference {diff.max():.2e} over {len(a)} steps")
+    np.testing.assert_allclose(b, a, rtol=LOSS_RTOL)
+    for k in ("loss", "lr"):
+        assert [h[k] for h in meta["history"]] == pytest.approx([h[k] for h in one["history"]], rel=LOSS_RTOL)
+
+    # the checkpoint gives, in one process, exactly the validation logits rank 0 computed
+    x_val, y_val, _ = load_split_images(data / "split.parquet", data / "images.h5")["val"]
+    logits = predict_logits(net, x_val, torch.device("cpu"))
+    np.testing.assert_array_equal(logits, np.load(tmp_path / "rank0_val.npy"))
+    from sklearn.metrics import balanced_accuracy_score
+    assert balanced_accuracy_score(y_val, logits.argmax(1)) == meta["selected_val_bacc"]
+    ref, _ = load_checkpoint(tmp_path / "one.pt")
+    np.testing.assert_allclose(logits, predict_logits(ref, x_val, torch.device("cpu")), atol=1e-3)
