@@ -71,7 +71,8 @@ def cmd_train_stage1(a):
     from .stage1.trainer import train_stage1
 
     cfg = validate_variant("stage1", a.params)
-    train_stage1(a.split, a.images, cfg, a.seed, a.out, threads=a.threads, device=a.device)
+    train_stage1(a.split, a.images, cfg, a.seed, a.out, threads=a.threads, device=a.device,
+                 precision=a.precision, channels_last=a.channels_last)
 
 
 def cmd_extract(a):

@@ -19,7 +19,8 @@ class Stage1Method(abc.ABC):
     Subclasses set ``params`` (a JSON-schema ``properties`` mapping with defaults) and
     implement ``loss``. ``modules`` returns extra trainable modules (projection heads,
     centroids...) and ``after_step`` updates state that is not trained by gradients (EMA
-    teachers).
+    teachers); a method holding such state outside ``modules()`` implements ``state_dict`` /
+    ``load_state_dict`` so that an interrupted run resumes exactly.
     """
 
     name: str = ""
@@ -51,6 +52,16 @@ class Stage1Method(abc.ABC):
 
     def after_step(self, net: nn.Module) -> None:
         """Hook after each optimiser step (default: nothing to update)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State the method keeps outside ``modules()`` (EMA teachers, running statistics,
+        step counters), as tensors and plain data, for resuming an interrupted run."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()``; called after ``on_train_start``."""
+        if state:
+            raise ValueError(f"stage-1 method {self.name!r} keeps no state, got {sorted(state)}")
 
     def on_train_start(self, net: nn.Module, epochs: int, steps_per_epoch: int) -> None:
         """Called once before the first step: the run's length (for schedules such as DRW,

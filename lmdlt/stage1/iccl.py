@@ -62,6 +62,12 @@ class ICCL(Stage1Method):
     def modules(self):
         return nn.ModuleDict({"head": self.head})
 
+    def state_dict(self):
+        return {"centroids": self.centroids}
+
+    def load_state_dict(self, state):
+        self.centroids = state["centroids"].clone()
+
     def warmup(self) -> int:
         t = self.p["warmup_epochs"]
         return self.epochs // 2 if t is None else t

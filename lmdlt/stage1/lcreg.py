@@ -111,6 +111,12 @@ class LCReg(Stage1Method):
     def modules(self):
         return nn.ModuleDict({"latent": self.latent, "fc": self.fc})
 
+    def state_dict(self):
+        return {"n": self.stats.n, "mean": self.stats.mean, "cov": self.stats.cov}
+
+    def load_state_dict(self, state):
+        self.stats.n, self.stats.mean, self.stats.cov = (state[k].clone() for k in ("n", "mean", "cov"))
+
     def loss(self, net, x, y, epoch):
         logits = net(x)
         fmap = self._fmap.flatten(2)                                # B, D, HW

@@ -174,6 +174,7 @@ class RelationAwareRepresentation(Stage1Method):
         super().__init__(params, class_counts)
         self.teacher: nn.Module | None = None
         self.steps = 0
+        self._pending_teacher_state: dict | None = None
 
     def train_transform(self, augment, size):
         base = train_transform(augment, size)
@@ -193,7 +194,21 @@ class RelationAwareRepresentation(Stage1Method):
             self.teacher = copy.deepcopy(net)
             for q in self.teacher.parameters():
                 q.requires_grad_(False)
+            if self._pending_teacher_state is not None:  # resumed: the teacher is built from net lazily
+                self.teacher.load_state_dict(self._pending_teacher_state)
+                self._pending_teacher_state = None
         return self.teacher
+
+    def state_dict(self):
+        state = {"steps": self.steps}
+        if self.teacher is not None:
+            state["teacher"] = self.teacher.state_dict()
+        return state
+
+    def load_state_dict(self, state):
+        self.steps = int(state["steps"])
+        self.teacher = None
+        self._pending_teacher_state = state.get("teacher")
 
     def loss(self, net, x, y, epoch):
         if not isinstance(x, (tuple, list)) or len(x) != 2:

@@ -41,6 +41,12 @@ class Seesaw(Stage1Method):
         super().__init__(params, class_counts)
         self.cum_counts = torch.zeros(len(self.class_counts), dtype=torch.float64)
 
+    def state_dict(self):
+        return {"cum_counts": self.cum_counts}
+
+    def load_state_dict(self, state):
+        self.cum_counts = state["cum_counts"].clone()
+
     def loss(self, net, x, y, epoch):
         self.cum_counts += torch.bincount(y.cpu(), minlength=len(self.cum_counts)).double()
         return {"seesaw": seesaw_loss(net(x), y, self.cum_counts.float(), self.p["p"], self.p["q"])}

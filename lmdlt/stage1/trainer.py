@@ -4,6 +4,16 @@ Reads the split manifest and the decoded-image cache, trains encoder + classifie
 configured method, logs one line per epoch, keeps the checkpoint with the best validation
 balanced accuracy (or the last one), and writes it atomically with its provenance. The
 checkpoint holds only tensors and plain data, so it loads with ``torch.load(weights_only=True)``.
+
+Resuming: after every epoch the full training state (weights, the method's modules and state,
+optimiser, schedule, sampler generator, every RNG, best-so-far and history) is written
+atomically beside the output (``model.pt.resume.pt``, ``lmdlt.resume``). A re-run of the same
+run (same config, split, image cache, seed, precision) continues from it and ends with the same
+weights as an uninterrupted run; a resume file of any other run is ignored and deleted. It is
+removed once the checkpoint is written.
+
+Non-finite guard: a non-finite loss term or gradient stops training with FloatingPointError
+(epoch, step, term or parameter) and leaves neither a checkpoint nor a resume file.
 """
 from __future__ import annotations
 
@@ -22,9 +32,9 @@ from ..data.samplers import make_sampler, set_sampler_epoch
 from ..data.transforms import channel_stats
 from ..io import atomic_path, provenance
 from ..models import build_network
-from ..runtime import setup_torch
+from ..resume import ResumeState, rng_state, run_identity, set_rng_state
+from ..runtime import autocast, resolve_precision, select_device, setup_torch, use_channels_last
 from .base import get_method
-from .distributed import SINGLE_PROCESS, setup as setup_distributed
 
 log = logging.getLogger("lmdlt.stage1")
 
@@ -54,9 +64,49 @@ def predict_logits(net, images: np.ndarray, device, batch_size: int = 512) -> np
     return torch.cat(out).numpy() if out else np.zeros((0, net.classifier.out_features), np.float32)
 
 
-def _to(x, dev):
-    return (tuple(v.to(dev, non_blocking=True) for v in x) if isinstance(x, (tuple, list))
-            else x.to(dev, non_blocking=True))
+def _to(x, dev, memory_format=torch.preserve_format):
+    if isinstance(x, (tuple, list)):
+        return tuple(_to(v, dev, memory_format) for v in x)
+    return x.to(dev, non_blocking=True, memory_format=memory_format if x.dim() == 4 else torch.preserve_format)
+
+
+def _sampler_generators(*loaders) -> list[torch.Generator]:
+    """The distinct generators the loaders' samplers draw from (the paired one may share it)."""
+    gens: list[torch.Generator] = []
+    for loader in loaders:
+        g = getattr(getattr(loader, "sampler", None), "generator", None) if loader is not None else None
+        if g is not None and all(g is not h for h in gens):
+            gens.append(g)
+    return gens
+
+
+def _non_finite(message: str, resume: ResumeState):
+    """Stop the run; its resume state goes too, so a re-run starts from scratch."""
+    resume.clear()
+    return FloatingPointError(message)
+
+
+def _check_finite(loss: torch.Tensor, terms: dict, named_params: list, epoch: int, step: int,
+                  resume: ResumeState) -> None:
+    """After backward: one fused test of the loss and the total gradient norm (a single host
+    sync per step), the culprit only looked for on failure. After backward, not before it, so
+    that under DDP a NaN on one rank reaches every rank through the averaged gradients and all
+    ranks stop at the same step instead of waiting for the one that stopped."""
+    loss = loss.detach()
+    grads = [p.grad for _, p in named_params if p.grad is not None]
+    finite = torch.isfinite(loss)
+    if grads:
+        finite = finite & torch.isfinite(torch.nn.utils.get_total_norm(grads))
+    if bool(finite):
+        return
+    where = f"at epoch {epoch + 1} step {step}"
+    if not bool(torch.isfinite(loss)):
+        bad = [f"{n}={float(v.detach()):g}" for n, v in terms.items() if not bool(torch.isfinite(v.detach()).all())]
+        raise _non_finite(f"non-finite stage-1 loss {where}: term(s) "
+                          f"{', '.join(bad) or 'their sum overflows'}", resume)
+    bad = next((n for n, p in named_params if p.grad is not None and not bool(torch.isfinite(p.grad).all())),
+               "none (the total gradient norm overflows)")
+    raise _non_finite(f"non-finite stage-1 gradient {where}: parameter {bad}", resume)
 
 
 def _cycle(loader):
@@ -80,95 +130,109 @@ def train_sampler_spec(cfg: dict, method) -> dict:
     return {"name": cfg["sampler"], **({"gamma": gamma} if cfg["sampler"] == "class_aware" else {})}
 
 
-def _loader(dataset, labels, spec: dict, cfg: dict, gen, ddp=SINGLE_PROCESS) -> DataLoader:
+def _loader(dataset, labels, spec: dict, cfg: dict, gen) -> DataLoader:
     opts = {k: v for k, v in spec.items() if k != "name"}
-    # under torchrun: this rank's shard of the global draw, in batches of batch_size / processes
-    sampler = ddp.shard(make_sampler(labels, spec["name"], gen, epochs=cfg["epochs"], **opts))
-    return DataLoader(dataset, batch_size=ddp.local_batch_size(cfg["batch_size"]), sampler=sampler,
+    sampler = make_sampler(labels, spec["name"], gen, epochs=cfg["epochs"], **opts)
+    return DataLoader(dataset, batch_size=cfg["batch_size"], sampler=sampler,
                       drop_last=len(labels) > cfg["batch_size"])
 
 
 def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
-                 threads: int | None = None, device: str = "auto") -> dict:
-    """Train one stage-1 variant; returns the checkpoint's metadata."""
+                 threads: int | None = None, device: str = "auto", precision: str = "auto",
+                 channels_last: str = "auto") -> dict:
+    """Train one stage-1 variant; returns the checkpoint's metadata. ``precision``: auto (bf16
+    autocast on CUDA), fp32 or bf16; ``channels_last``: auto (on CUDA), on or off."""
     from sklearn.metrics import balanced_accuracy_score  # here: sklearn costs ~2 s of import per job
 
     gen = setup_torch(seed, threads)
-    ddp, dev = setup_distributed(device)  # a single process unless started by torchrun
-    if not ddp.is_main:  # rank 0 logs for the run; the other ranks only warn
-        log.setLevel(logging.WARNING)
+    dev = select_device(device)
+    prec = resolve_precision(dev, precision)
+    memory_format = torch.channels_last if use_channels_last(dev, channels_last) else torch.preserve_format
     data = load_split_images(manifest_path, cache_path)
     class_names = data["meta"]["class_names"]
     k = len(class_names)
     x_tr, y_tr, _ = data["train"]
     x_val, y_val, _ = data["val"]
     counts = np.bincount(y_tr, minlength=k)
-    log.info("device %s, threads %d; train %d images (per class %s), val %d",
-             dev, torch.get_num_threads(), len(y_tr), counts.tolist(), len(y_val))
-    if ddp.active:
-        log.info("distributed: %d processes, backend %s, device %s per process, global batch %d = %d x %d",
-                 ddp.world_size, ddp.backend, dev.type, cfg["batch_size"], ddp.world_size,
-                 ddp.local_batch_size(cfg["batch_size"]))
+    log.info("device %s, precision %s, channels-last %s, threads %d; train %d images (per class %s), val %d",
+             dev, prec, memory_format == torch.channels_last, torch.get_num_threads(), len(y_tr),
+             counts.tolist(), len(y_val))
+    parents = {"split": data["meta"]["content_hash"], "images": ImageCache(cache_path).provenance["config_hash"]}
+    # precision is part of the identity: half fp32, half bf16 would match neither kind of run
+    resume = ResumeState(out_path, run_identity("stage1", {"variant": cfg, "precision": prec}, parents, seed))
 
     mean, std = channel_stats(x_tr)
-    net = build_network(cfg["model"], x_tr.shape[-1], k, mean, std).to(dev)
-    net = ddp.prepare(net, dev)  # SyncBatchNorm under torchrun, before any method hook sees net
+    net = build_network(cfg["model"], x_tr.shape[-1], k, mean, std).to(dev, memory_format=memory_format)
     method = get_method(cfg["method"])(cfg["params"], counts)
     dataset = _AugmentedImages(x_tr, y_tr, method.train_transform(cfg["augment"], x_tr.shape[1]))
-    loader = _loader(dataset, y_tr, train_sampler_spec(cfg, method), cfg, gen, ddp)
+    loader = _loader(dataset, y_tr, train_sampler_spec(cfg, method), cfg, gen)
     paired_spec = method.paired_sampler()
-    paired = _loader(dataset, y_tr, paired_spec, cfg, gen, ddp) if paired_spec else None
+    paired = _loader(dataset, y_tr, paired_spec, cfg, gen) if paired_spec else None
     if paired_spec:
         log.info("paired batches from sampler %s", paired_spec)
     method.on_train_start(net, cfg["epochs"], len(loader))  # before modules(): they may need net
-    extra = ddp.prepare(method.modules().to(dev), dev)
-    step_loss = ddp.wrap(method, net, extra, seed)  # method.loss, through DDP under torchrun
+    extra = method.modules().to(dev)
     params = list(net.parameters()) + list(extra.parameters())
     opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"],
                           weight_decay=cfg["weight_decay"])
     steps = cfg["epochs"] * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
 
+    named_params = ([(n, q) for n, q in net.named_parameters()]
+                    + [(f"method.{n}", q) for n, q in extra.named_parameters()])
+    sampler_gens = _sampler_generators(loader, paired)
+
     best = {"epoch": -1, "val_bacc": -1.0, "state": None}
     history = []
-    for epoch in range(cfg["epochs"]):
+    start_epoch = 0
+    resumed = resume.load()
+    if resumed is None:
+        resume.clear()  # a foreign or unreadable file (already warned about)
+    else:
+        net.load_state_dict(resumed["net"])
+        extra.load_state_dict(resumed["extra"])
+        method.load_state_dict(resumed["method"])
+        opt.load_state_dict(resumed["optimizer"])
+        sched.load_state_dict(resumed["scheduler"])
+        set_rng_state(resumed["rng"], *sampler_gens)
+        best, history, start_epoch = resumed["best"], resumed["history"], resumed["epoch"]
+        log.info("resumed from epoch %d/%d (%s)", start_epoch, cfg["epochs"], resume.path)
+    for epoch in range(start_epoch, cfg["epochs"]):
         t0 = time.perf_counter()
         net.train()
         extra.train()
         sums: dict[str, float] = {}
-        step_losses = []  # tensors: no host sync per step
         correct = seen = 0
         set_sampler_epoch(loader.sampler, epoch)
         paired_batches = None
         if paired is not None:
             set_sampler_epoch(paired.sampler, epoch)
             paired_batches = _cycle(paired)
-        for x, y in loader:
-            x, y = _to(x, dev), y.to(dev, non_blocking=True)
-            if paired_batches is None:
-                terms = step_loss(x, y, epoch)
-            else:
-                x2, y2 = next(paired_batches)
-                terms = step_loss(x, y, epoch, paired=(_to(x2, dev), y2.to(dev, non_blocking=True)))
-            loss = sum(terms.values())
+        for step, (x, y) in enumerate(loader, 1):
+            x, y = _to(x, dev, memory_format), y.to(dev, non_blocking=True)
+            with autocast(dev, prec):
+                if paired_batches is None:
+                    terms = method.loss(net, x, y, epoch)
+                else:
+                    x2, y2 = next(paired_batches)
+                    terms = method.loss(net, x, y, epoch,
+                                        paired=(_to(x2, dev, memory_format), y2.to(dev, non_blocking=True)))
+            loss = sum(v.float() for v in terms.values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            _check_finite(loss, terms, named_params, epoch, step, resume)
             opt.step()
             sched.step()
             method.after_step(net)
             for name, v in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(v.detach()) * len(y)
             seen += len(y)
-            step_losses.append(loss.detach())
-        sums, seen, step_losses = ddp.reduce_epoch(sums, seen, step_losses)  # over all ranks
-        if not ddp.is_main:
-            continue  # the weights are the same on every rank: rank 0 validates, selects, saves
-        val_pred = predict_logits(net, x_val, dev).argmax(1)
+        with autocast(dev, prec):
+            val_pred = predict_logits(net, x_val, dev).argmax(1)
         val_bacc = float(balanced_accuracy_score(y_val, val_pred))
         means = {n: s / max(seen, 1) for n, s in sums.items()}
         row = {"epoch": epoch + 1, "loss": sum(means.values()), **{f"loss_{n}": v for n, v in means.items()},
-               "val_bacc": val_bacc, "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0,
-               "step_losses": step_losses}
+               "val_bacc": val_bacc, "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0}
         history.append(row)
         terms_txt = " ".join(f"{n} {v:.4f}" for n, v in means.items())
         log.info("epoch %d/%d loss %.4f (%s) val_bacc %.4f lr %.4g %.1fs", epoch + 1, cfg["epochs"],
@@ -176,19 +240,20 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
         if cfg["select"] == "last" or val_bacc > best["val_bacc"]:
             best = {"epoch": epoch + 1, "val_bacc": val_bacc,
                     "state": copy.deepcopy({k_: v.cpu() for k_, v in net.state_dict().items()})}
-    if not ddp.is_main:
-        ddp.close()
-        return None  # only rank 0 writes the checkpoint
+        resume.save({"epoch": epoch + 1, "net": net.state_dict(), "extra": extra.state_dict(),
+                     "method": method.state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": sched.state_dict(), "rng": rng_state(*sampler_gens),
+                     "best": best, "history": history})
     log.info("kept epoch %d (select=%s, val_bacc %.4f)", best["epoch"], cfg["select"], best["val_bacc"])
 
     meta = {
-        "provenance": provenance("stage1", cfg, {"split": data["meta"]["content_hash"],
-                                                 "images": ImageCache(cache_path).provenance["config_hash"]}, seed),
+        "provenance": provenance("stage1", cfg, parents, seed),
         "model": cfg["model"], "in_channels": int(x_tr.shape[-1]), "num_classes": k,
         "class_names": class_names, "mean": mean, "std": std,
         "selected_epoch": best["epoch"], "selected_val_bacc": best["val_bacc"], "history": history,
+        "compute": {"device": str(dev), "precision": prec, "channels_last": memory_format == torch.channels_last},
     }
     with atomic_path(out_path) as tmp:
         torch.save({"state_dict": best["state"], "meta": meta}, tmp)
-    ddp.close()
+    resume.clear()
     return meta
