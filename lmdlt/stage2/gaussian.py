@@ -28,7 +28,7 @@ from ..data.samplers import sample_weights
 log = logging.getLogger("lmdlt.stage2")
 
 #: relative jitter tried first on a singular covariance, multiplied by 10 up to JITTER_MAX
-JITTER_START = 1e-6
+JITTER_START = 1e-3
 JITTER_MAX = 1e2
 
 
