@@ -315,3 +315,107 @@ def test_icc_non_finite_fdc_term_is_named(stage1, tmp_path, monkeypatch):
         run_stage2_encoder(stage1 / "model.pt", stage1 / "split.parquet", stage1 / "images.h5", cfg, 0,
                            tmp_path / "p.h5", threads=1, device="cpu")
     assert not (tmp_path / "p.h5").exists() and not resume_path(tmp_path / "p.h5").exists()
+
+
+# ---- provenance guards --------------------------------------------------------------------
+
+from lmdlt.data.image_cache import (ImageCache, build_image_cache, check_checkpoint_inputs,  # noqa: E402
+                                    load_split_images)
+from lmdlt.data.sources import get_source  # noqa: E402
+from lmdlt.data.splits import read_manifest  # noqa: E402
+from lmdlt.models.checkpoint import load_checkpoint  # noqa: E402
+from test_resume_stage2 import SPLIT  # noqa: E402
+
+DIGITS = {"source": "digits", "root": None, "options": {}}
+
+
+def _cache(path, size=8, **dataset):
+    build_image_cache(get_source("digits"), size, path,
+                      provenance("image_cache", {**DIGITS, **dataset, "image_size": size}))
+
+
+def _other_split(path, seed=1):
+    index = get_source("digits").index()
+    write_manifest(path, build_split(index, SPLIT, seed), index.class_names,
+                   provenance("split", {"dataset": DIGITS, "split": SPLIT}, seed=seed))
+
+
+def test_image_cache_of_another_source_is_refused_naming_both_files(stage1, tmp_path):
+    _cache(tmp_path / "other.h5", source="medmnist", root="/data/x.npz")  # digits pixels, other record
+    with pytest.raises(ValueError, match=r"image cache .*other\.h5 was built from dataset source "
+                                         r"'medmnist'.* but split .*split\.parquet .* from 'digits'"):
+        load_split_images(stage1 / "split.parquet", tmp_path / "other.h5")
+    _cache(tmp_path / "opts.h5", options={"subset": "x"})
+    with pytest.raises(ValueError, match="built from dataset options"):
+        load_split_images(stage1 / "split.parquet", tmp_path / "opts.h5")
+
+
+def test_image_cache_of_another_size_is_refused(stage1):
+    data = load_split_images(stage1 / "split.parquet", stage1 / "images.h5", image_size=8)
+    assert data["train"][0].shape[1:3] == (8, 8)
+    with pytest.raises(ValueError, match=r"holds 8x8 px images, not the 16x16 px expected"):
+        load_split_images(stage1 / "split.parquet", stage1 / "images.h5", image_size=16)
+
+
+def test_ids_missing_from_the_cache_are_named(stage1, tmp_path):
+    table, _ = read_manifest(stage1 / "split.parquet")
+    dropped = sorted(table["id"])[:7]
+    with h5py.File(stage1 / "images.h5") as src, h5py.File(tmp_path / "partial.h5", "w") as dst:
+        ids = src["ids"].asstr()[:]
+        keep = np.flatnonzero(~np.isin(ids, dropped))
+        dst["images"] = src["images"][:][keep]
+        dst.create_dataset("ids", data=ids[keep].astype(object), dtype=h5py.string_dtype())
+        dst["labels"] = src["labels"][:][keep]
+        for k, v in src.attrs.items():
+            dst.attrs[k] = v
+    with pytest.raises(ValueError, match=r"7 image\(s\) of split .*split\.parquet are not in the image "
+                                         rf"cache .*partial\.h5, e\.g\. \[{dropped[0]!r}"):
+        load_split_images(stage1 / "split.parquet", tmp_path / "partial.h5")
+
+
+def test_encoder_stage2_refuses_a_checkpoint_trained_on_another_split(stage1, tmp_path):
+    _other_split(tmp_path / "other.parquet")
+    other_hash = read_manifest(tmp_path / "other.parquet")[1]["content_hash"]
+    trained_on = read_manifest(stage1 / "split.parquet")[1]["content_hash"]
+    cfg = validate_variant("stage2", {"method": "icc", "params": {**ICC, "iterations": 1}})
+    with pytest.raises(ValueError, match=rf"model\.pt was trained on split {trained_on}, not on "
+                                         rf".*other\.parquet \({other_hash}\)"):
+        run_stage2_encoder(stage1 / "model.pt", tmp_path / "other.parquet", stage1 / "images.h5", cfg, 0,
+                           tmp_path / "p.h5", threads=1, device="cpu")
+    assert not (tmp_path / "p.h5").exists()
+
+
+def test_encoder_stage2_and_extraction_refuse_a_checkpoint_trained_on_another_cache(stage1, tmp_path):
+    _cache(tmp_path / "images10.h5", size=10)  # same source, another image size
+    cfg = validate_variant("stage2", {"method": "icc", "params": {**ICC, "iterations": 1}})
+    with pytest.raises(ValueError, match=r"model\.pt was trained on the image cache [0-9a-f]{64}, not on "
+                                         r".*images10\.h5 \([0-9a-f]{64}\): another source or image size"):
+        run_stage2_encoder(stage1 / "model.pt", stage1 / "split.parquet", tmp_path / "images10.h5", cfg, 0,
+                           tmp_path / "p.h5", threads=1, device="cpu")
+    # the same guard, as feature extraction calls it
+    _, meta = load_checkpoint(stage1 / "model.pt")
+    man = read_manifest(stage1 / "split.parquet")[1]
+    check_checkpoint_inputs(stage1 / "model.pt", meta, stage1 / "split.parquet", man,
+                            ImageCache(stage1 / "images.h5"))  # consistent: no error
+    with pytest.raises(ValueError, match="another source or image size"):
+        check_checkpoint_inputs(stage1 / "model.pt", meta, stage1 / "split.parquet", man,
+                                ImageCache(tmp_path / "images10.h5"))
+
+
+def test_stage2_refuses_features_of_another_checkpoint_or_split(tmp_path):
+    write_features(tmp_path / "f.h5")  # records checkpoint c..c and split s..s
+    cfg = validate_variant("stage2", {"method": "crt", "params": {"epochs": 1}})
+    (tmp_path / "model.pt").write_bytes(b"another checkpoint")
+    with pytest.raises(ValueError, match=r"f\.h5 was extracted with checkpoint c{64}, not with "
+                                         r".*model\.pt \([0-9a-f]{64}\); re-run feature extraction"):
+        run_stage2(tmp_path / "f.h5", cfg, 0, tmp_path / "p.h5", threads=1, checkpoint_path=tmp_path / "model.pt")
+    table = make_manifest(tmp_path / "m.parquet", rows())
+    with pytest.raises(ValueError, match=rf"f\.h5 was extracted on split s{{64}}, not on .*m\.parquet "
+                                         rf"\({content_hash(table)}\)"):
+        run_stage2(tmp_path / "f.h5", cfg, 0, tmp_path / "p.h5", threads=1, manifest_path=tmp_path / "m.parquet")
+    with h5py.File(tmp_path / "f.h5", "a") as f:  # attributes edited after writing
+        f.attrs["split_hash"] = "e" * 64
+    with pytest.raises(ValueError, match=r"inconsistent provenance, split hash e{64} in its attributes "
+                                         r"but s{64} in its provenance record"):
+        run_stage2(tmp_path / "f.h5", cfg, 0, tmp_path / "p.h5", threads=1)
+    assert not (tmp_path / "p.h5").exists()
