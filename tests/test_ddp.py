@@ -3,6 +3,7 @@ single-process run with the same global batch, up to float rounding."""
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -238,3 +239,22 @@ def test_two_processes_match_one_process_and_the_checkpoint_loads_alone(data, tm
     assert balanced_accuracy_score(y_val, logits.argmax(1)) == meta["selected_val_bacc"]
     ref, _ = load_checkpoint(tmp_path / "one.pt")
     np.testing.assert_allclose(logits, predict_logits(ref, x_val, torch.device("cpu")), atol=1e-3)
+
+
+# ---------------------------------------------------------------- the rule
+
+def test_rule_launches_torchrun_with_one_gpu_per_process(tmp_path):
+    from conftest import run_snakemake, write_config
+
+    write_config(tmp_path, {
+        "dataset": {"name": "digits-lt", "source": "digits", "image_size": 8},
+        "split": {"protocol": "cui", "imbalance_ratio": 50, "val_per_class": 15, "test_per_class": 30},
+        "seeds": [0], "groups": {"rule": "rank", "sizes": [3, 4, 3]},
+        "compute": {"threads": 1, "stage1_processes": 2},
+        "stage1": {"ce": {"method": "ce", "epochs": 2, "batch_size": 64}}, "stage2": {}})
+    # --set-resources is what the SLURM profile's set-resources becomes (gpu: 1 per GPU rule);
+    # the config's process count must win over it
+    proc = run_snakemake(tmp_path, "--dry-run", "--printshellcmds", "--set-resources", "train_stage1:gpu=1")
+    job = (proc.stdout + proc.stderr).split("rule train_stage1:", 1)[1].split("\n\n", 1)[0]
+    assert re.search(r"resources: .*\bgpu=(\d+)", job).group(1) == "2"
+    assert "torchrun --standalone --nproc_per_node 2 -m lmdlt.cli train-stage1 --split" in job

@@ -1,5 +1,10 @@
 # Stage 1: representation learning, one checkpoint per (seed, stage-1 variant).
 
+# compute.stage1_processes = N > 1: torchrun starts N copies of the command, one GPU each (DDP +
+# SyncBatchNorm, lmdlt/stage1/distributed.py); --threads is per process, like cpus_per_gpu.
+STAGE1_PROCESSES = config["compute"]["stage1_processes"]
+STAGE1_LAUNCH = ("lmdlt" if STAGE1_PROCESSES == 1
+                 else f"torchrun --standalone --nproc_per_node {STAGE1_PROCESSES} -m lmdlt.cli")
 
 rule train_stage1:
     input:
@@ -12,12 +17,19 @@ rule train_stage1:
         device=DEVICE,
         precision=config["compute"]["precision"],
         channels_last=config["compute"]["channels_last"],
+        launch=STAGE1_LAUNCH,
     threads: THREADS
     log:
         LOGS + "/seed{seed}/stage1_{s1}.log",
     benchmark:
         BENCHMARKS + "/seed{seed}/stage1_{s1}.tsv"
     shell:
-        "lmdlt train-stage1 --split {input.split} --images {input.images} --params {params.variant:q}"
+        "{params.launch} train-stage1 --split {input.split} --images {input.images} --params {params.variant:q}"
         " --seed {wildcards.seed} --threads {threads} --device {params.device}"
         " --precision {params.precision} --channels-last {params.channels_last} --out {output} > {log} 2>&1"
+
+
+# One GPU per process. Set after the rule is defined because a profile's set-resources (the
+# SLURM profile's `gpu: 1` for every GPU rule) replaces the rule's own resources.
+if STAGE1_PROCESSES > 1:
+    rules.train_stage1.rule.resources.update({"gpu": STAGE1_PROCESSES})
