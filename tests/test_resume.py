@@ -90,7 +90,7 @@ def cli_args(data, cfg, out):
 
 @pytest.mark.parametrize("name", ["ce", "rrl"])
 def test_sigkilled_training_resumes_to_the_uninterrupted_weights(data, tmp_path, caplog, name):
-    cfg = variant(name, epochs=4, select="last")  # last: the kept weights are the final ones
+    cfg = variant(name, epochs=3, select="last")  # last: the kept weights are the final ones
     ref = tmp_path / "ref" / "model.pt"
     train(data, cfg, ref)
 
