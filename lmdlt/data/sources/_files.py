@@ -35,6 +35,18 @@ def inside(root: Path, relative: str | os.PathLike, what: str = "image path") ->
     return full
 
 
+def check_confined(root: Path, entries: Iterable[str], where: str) -> None:
+    """Every image path a label file lists stays inside ``root``: an entry that is absolute or
+    climbs out with '..' is refused when the index is read (before any split or cache is
+    built), naming the file it came from. Results and data folders are shared on clusters, so a
+    label file from someone else must not make the pipeline read files elsewhere."""
+    for rel in entries:
+        try:
+            inside(root, rel)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+
+
 def data_file(root: Path, name: str | os.PathLike, what: str) -> Path:
     """A metadata file: absolute, or relative to the data root; an error naming it when absent."""
     p = Path(name).expanduser()

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from . import Source, SourceIndex, register_source
-from ._files import data_file, inside, labels_from_names, load_images, read_csv, require_root
+from ._files import (check_confined, data_file, inside, labels_from_names, load_images, read_csv,
+                     require_root)
 
 CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 
@@ -48,6 +49,7 @@ class HAM10000Source(Source):
             "path": (df["image_id"] + self.opts["extension"]).to_numpy(),
             "group": df["lesion_id"].to_numpy(),
         })
+        check_confined(self._dirs()[0], table["path"], f"HAM10000 metadata CSV {str(path)!r}")
         empty = table["group"].eq("")
         if empty.any():
             raise ValueError(f"HAM10000 metadata CSV {str(path)!r}: image "

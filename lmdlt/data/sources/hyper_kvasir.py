@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from . import Source, SourceIndex, register_source
-from ._files import (FileImagesMixin, data_file, inside, labels_from_names, list_images, read_csv,
-                     require_root)
+from ._files import (FileImagesMixin, check_confined, data_file, inside, labels_from_names, list_images,
+                     read_csv, require_root)
 
 CLASSES = sorted([
     "barretts", "barretts-short-segment", "bbps-0-1", "bbps-2-3", "cecum", "dyed-lifted-polyps",
@@ -102,6 +102,7 @@ class HyperKvasirSource(FileImagesMixin, Source):
         ext = self.opts["extension"]
         paths = [f"{o}/{c.strip()}/{f.strip()}/{u.strip()}{ext}"
                  for o, c, f, u in zip(organs, df["Classification"], df["Finding"], df["Video file"])]
+        check_confined(self.image_root(), paths, where)
         return pd.DataFrame({"id": df["Video file"].str.strip().to_numpy(), "label": labels, "path": paths})
 
     def _flat(self) -> pd.DataFrame:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import Source, SourceIndex, register_source
-from ._files import data_file, inside, load_images, read_csv, require_root
+from ._files import check_confined, data_file, inside, load_images, read_csv, require_root
 from .isic2019 import isic_file, isic_id
 
 
@@ -65,6 +65,7 @@ class ISICListsSource(Source):
         if files is None:
             table = pd.DataFrame({"id": [isic_id(n) for n in dic["name"]], "label": labels,
                                   "path": dic["name"].tolist()})
+            check_confined(self.image_root(), table["path"], f"label map {str(dic_path)!r}")
             return SourceIndex(table, list(names))
         rows = []
         for fold, fname in files.items():
@@ -79,6 +80,7 @@ class ISICListsSource(Source):
                                      f"label map {str(dic_path)!r}")
                 rows.append((isic_id(n), int(label_of[n]), n, fold))
         table = pd.DataFrame(rows, columns=["id", "label", "path", "fold"])
+        check_confined(self.image_root(), table["path"], f"split files {sorted(files.values())}")
         dup = table["id"][table["id"].duplicated()]
         if len(dup):
             raise ValueError(f"split files {sorted(files.values())}: image {dup.iloc[0]!r} is listed "
