@@ -33,8 +33,9 @@ from ..data.transforms import channel_stats
 from ..io import atomic_path, provenance
 from ..models import build_network
 from ..resume import ResumeState, rng_state, run_identity, set_rng_state
-from ..runtime import autocast, resolve_precision, select_device, setup_torch, use_channels_last
+from ..runtime import autocast, resolve_precision, setup_torch, use_channels_last
 from .base import get_method
+from .distributed import SINGLE_PROCESS, setup as setup_distributed
 
 log = logging.getLogger("lmdlt.stage1")
 
@@ -130,10 +131,11 @@ def train_sampler_spec(cfg: dict, method) -> dict:
     return {"name": cfg["sampler"], **({"gamma": gamma} if cfg["sampler"] == "class_aware" else {})}
 
 
-def _loader(dataset, labels, spec: dict, cfg: dict, gen) -> DataLoader:
+def _loader(dataset, labels, spec: dict, cfg: dict, gen, ddp=SINGLE_PROCESS) -> DataLoader:
     opts = {k: v for k, v in spec.items() if k != "name"}
-    sampler = make_sampler(labels, spec["name"], gen, epochs=cfg["epochs"], **opts)
-    return DataLoader(dataset, batch_size=cfg["batch_size"], sampler=sampler,
+    # under torchrun: this rank's shard of the global draw, in batches of batch_size / processes
+    sampler = ddp.shard(make_sampler(labels, spec["name"], gen, epochs=cfg["epochs"], **opts))
+    return DataLoader(dataset, batch_size=ddp.local_batch_size(cfg["batch_size"]), sampler=sampler,
                       drop_last=len(labels) > cfg["batch_size"])
 
 
@@ -145,7 +147,9 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
     from sklearn.metrics import balanced_accuracy_score  # here: sklearn costs ~2 s of import per job
 
     gen = setup_torch(seed, threads)
-    dev = select_device(device)
+    ddp, dev = setup_distributed(device)  # a single process unless started by torchrun
+    if not ddp.is_main:  # rank 0 logs for the run; the other ranks only warn
+        log.setLevel(logging.WARNING)
     prec = resolve_precision(dev, precision)
     memory_format = torch.channels_last if use_channels_last(dev, channels_last) else torch.preserve_format
     data = load_split_images(manifest_path, cache_path)
@@ -160,18 +164,24 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
     parents = {"split": data["meta"]["content_hash"], "images": ImageCache(cache_path).provenance["config_hash"]}
     # precision is part of the identity: half fp32, half bf16 would match neither kind of run
     resume = ResumeState(out_path, run_identity("stage1", {"variant": cfg, "precision": prec}, parents, seed))
+    if ddp.active:
+        log.info("distributed: %d processes, backend %s, device %s per process, global batch %d = %d x %d",
+                 ddp.world_size, ddp.backend, dev.type, cfg["batch_size"], ddp.world_size,
+                 ddp.local_batch_size(cfg["batch_size"]))
 
     mean, std = channel_stats(x_tr)
     net = build_network(cfg["model"], x_tr.shape[-1], k, mean, std).to(dev, memory_format=memory_format)
+    net = ddp.prepare(net, dev)  # SyncBatchNorm under torchrun, before any method hook sees net
     method = get_method(cfg["method"])(cfg["params"], counts)
     dataset = _AugmentedImages(x_tr, y_tr, method.train_transform(cfg["augment"], x_tr.shape[1]))
-    loader = _loader(dataset, y_tr, train_sampler_spec(cfg, method), cfg, gen)
+    loader = _loader(dataset, y_tr, train_sampler_spec(cfg, method), cfg, gen, ddp)
     paired_spec = method.paired_sampler()
-    paired = _loader(dataset, y_tr, paired_spec, cfg, gen) if paired_spec else None
+    paired = _loader(dataset, y_tr, paired_spec, cfg, gen, ddp) if paired_spec else None
     if paired_spec:
         log.info("paired batches from sampler %s", paired_spec)
     method.on_train_start(net, cfg["epochs"], len(loader))  # before modules(): they may need net
-    extra = method.modules().to(dev)
+    extra = ddp.prepare(method.modules().to(dev), dev)
+    step_loss = ddp.wrap(method, net, extra, seed)  # method.loss, through DDP under torchrun
     params = list(net.parameters()) + list(extra.parameters())
     opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"],
                           weight_decay=cfg["weight_decay"])
@@ -202,6 +212,7 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
         net.train()
         extra.train()
         sums: dict[str, float] = {}
+        step_losses = []  # tensors: no host sync per step
         correct = seen = 0
         set_sampler_epoch(loader.sampler, epoch)
         paired_batches = None
@@ -212,11 +223,11 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
             x, y = _to(x, dev, memory_format), y.to(dev, non_blocking=True)
             with autocast(dev, prec):
                 if paired_batches is None:
-                    terms = method.loss(net, x, y, epoch)
+                    terms = step_loss(x, y, epoch)
                 else:
                     x2, y2 = next(paired_batches)
-                    terms = method.loss(net, x, y, epoch,
-                                        paired=(_to(x2, dev, memory_format), y2.to(dev, non_blocking=True)))
+                    terms = step_loss(x, y, epoch,
+                                      paired=(_to(x2, dev, memory_format), y2.to(dev, non_blocking=True)))
             loss = sum(v.float() for v in terms.values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -227,12 +238,17 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
             for name, v in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(v.detach()) * len(y)
             seen += len(y)
+            step_losses.append(loss.detach())
+        sums, seen, step_losses = ddp.reduce_epoch(sums, seen, step_losses)  # over all ranks
+        if not ddp.is_main:
+            continue  # the weights are the same on every rank: rank 0 validates, selects, saves
         with autocast(dev, prec):
             val_pred = predict_logits(net, x_val, dev).argmax(1)
         val_bacc = float(balanced_accuracy_score(y_val, val_pred))
         means = {n: s / max(seen, 1) for n, s in sums.items()}
         row = {"epoch": epoch + 1, "loss": sum(means.values()), **{f"loss_{n}": v for n, v in means.items()},
-               "val_bacc": val_bacc, "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0}
+               "val_bacc": val_bacc, "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0,
+               "step_losses": step_losses}
         history.append(row)
         terms_txt = " ".join(f"{n} {v:.4f}" for n, v in means.items())
         log.info("epoch %d/%d loss %.4f (%s) val_bacc %.4f lr %.4g %.1fs", epoch + 1, cfg["epochs"],
@@ -244,6 +260,9 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
                      "method": method.state_dict(), "optimizer": opt.state_dict(),
                      "scheduler": sched.state_dict(), "rng": rng_state(*sampler_gens),
                      "best": best, "history": history})
+    if not ddp.is_main:
+        ddp.close()
+        return None  # only rank 0 writes the checkpoint
     log.info("kept epoch %d (select=%s, val_bacc %.4f)", best["epoch"], cfg["select"], best["val_bacc"])
 
     meta = {
@@ -256,4 +275,5 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
     with atomic_path(out_path) as tmp:
         torch.save({"state_dict": best["state"], "meta": meta}, tmp)
     resume.clear()
+    ddp.close()
     return meta
