@@ -67,7 +67,11 @@ def loader_options(device: torch.device | str, threads: int | None, in_memory: b
       otherwise (CUDA, whose kernels run asynchronously while the next batch is prepared, or
       images decoded on the fly) the job's threads less one for the main process, at least 1
       and at most 8.
-    - ``persistent_workers``: with workers, so they are started once and not at every epoch.
+    - ``persistent_workers``: False. Each epoch's iterator then starts its workers afresh and
+      seeds them from the main process's torch RNG, so a run resumed at an epoch boundary (whose
+      RNG state is restored) augments exactly as the uninterrupted run; persistent workers would
+      carry their RNG state across epochs, outside the resume file. The cost is one fork per
+      worker per epoch (copy-on-write: the decoded images are not copied).
     - ``pin_memory``: only on CUDA (page-locked host memory for asynchronous copies; useless
       and a cost on the CPU).
 
@@ -80,5 +84,4 @@ def loader_options(device: torch.device | str, threads: int | None, in_memory: b
         workers = 0
     else:
         workers = min(8, max(1, threads - 1))
-    return {"num_workers": workers, "persistent_workers": workers > 0,
-            "pin_memory": dev.type == "cuda"}
+    return {"num_workers": workers, "persistent_workers": False, "pin_memory": dev.type == "cuda"}

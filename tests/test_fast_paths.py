@@ -117,8 +117,8 @@ def test_encode_of_nothing_has_the_right_shapes(trained):
 ])
 def test_loader_options(device, threads, in_memory, workers):
     opts = loader_options(device, threads, in_memory)
-    assert opts == {"num_workers": workers, "persistent_workers": workers > 0,
-                    "pin_memory": device == "cuda"}
+    # persistent_workers False: workers re-seeded from the main RNG every epoch (resumable runs)
+    assert opts == {"num_workers": workers, "persistent_workers": False, "pin_memory": device == "cuda"}
 
 
 def test_loader_options_build_a_working_loader():
