@@ -8,6 +8,7 @@ Every error names the offending key, e.g. ``stage1.ce.epochs: 'ten' is not of ty
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,9 @@ def _key(prefix: str, path) -> str:
 
 def validate_against(instance: dict, schema: dict, prefix: str = "") -> dict:
     """Fill defaults into ``instance`` in place and validate; raise ConfigError naming the key."""
-    errors = sorted(_FillingValidator(schema).iter_errors(instance), key=lambda e: list(e.path))
+    # str(): a path may mix list indices and keys at one depth (int < str is a TypeError)
+    errors = sorted(_FillingValidator(schema).iter_errors(instance),
+                    key=lambda e: [str(p) for p in e.path])
     if errors:
         e = errors[0]
         if e.validator == "additionalProperties":
@@ -58,6 +61,13 @@ def validate_against(instance: dict, schema: dict, prefix: str = "") -> dict:
 
 
 def load_schema(path: str | Path = DEFAULT_SCHEMA) -> dict:
+    p = Path(path)
+    return copy.deepcopy(_parsed_schema(str(p.resolve()), p.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_schema(path: str, mtime_ns: int) -> dict:
+    # pure-Python YAML parsing of the schema takes ~0.2 s; keyed by mtime so edits are seen
     with open(path) as f:
         return yaml.safe_load(f)
 
@@ -80,9 +90,12 @@ def validate_config(config: dict, schema_path: str | Path = DEFAULT_SCHEMA) -> d
         raise ConfigError(f"dataset.source: unknown source {ds['source']!r} "
                           f"(known: {', '.join(available_sources())})")
     try:
-        get_source(ds["source"], ds.get("root"), ds.get("options"))
+        source = get_source(ds["source"], ds.get("root"), ds.get("options"))
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if source.needs_root and not ds.get("root"):
+        raise ConfigError(f"dataset.root: source {ds['source']!r} needs a data root (the folder "
+                          "or file holding the dataset)")
     if config["split"]["protocol"] not in available_protocols():
         raise ConfigError(f"split.protocol: unknown protocol {config['split']['protocol']!r} "
                           f"(known: {', '.join(available_protocols())})")

@@ -48,6 +48,8 @@ class Source(abc.ABC):
     name: str = ""
     #: options accepted under ``dataset.options`` with their defaults
     options: dict[str, Any] = {}
+    #: False for embedded sources; the others need ``dataset.root`` (checked with the config)
+    needs_root: bool = True
 
     def __init__(self, root: str | None = None, **options: Any) -> None:
         unknown = set(options) - set(self.options)

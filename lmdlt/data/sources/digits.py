@@ -14,6 +14,7 @@ from ..resize import resize_uint8
 
 @register_source("digits")
 class DigitsSource(Source):
+    needs_root = False
     options: dict = {}
 
     def _data(self):
