@@ -184,16 +184,16 @@ def _kill_when_logged(cmd, log_path, marker, timeout=300):
 def test_sigkilled_train_stage2_crt_resumes_identically(tmp_path):
     feats = tmp_path / "features.h5"
     write_features(feats)
-    params = json.dumps({"method": "crt", "params": {"epochs": 40, "batch_size": 4, "lr": 0.05}})
+    params = json.dumps({"method": "crt", "params": {"epochs": 15, "batch_size": 4, "lr": 0.05}})
     common = ["train-stage2", "--features", str(feats), "--params", params, "--seed", "1", "--threads", "1"]
     out = tmp_path / "p.h5"
-    _kill_when_logged(_cli(*common, "--out", str(out)), tmp_path / "killed.log", "epoch 3/40")
+    _kill_when_logged(_cli(*common, "--out", str(out)), tmp_path / "killed.log", "epoch 3/15")
     assert resume_path(out).exists() and not out.exists()
     rerun = subprocess.run(_cli(*common, "--out", str(out)), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resumed from {resume_path(out)}: crt after epoch" in rerun.stderr
     epoch = int(rerun.stderr.split("crt after epoch ")[1].split("/")[0])
-    assert 3 <= epoch < 40
+    assert 3 <= epoch < 15
     ref = subprocess.run(_cli(*common, "--out", str(tmp_path / "reference.h5")), capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr[-3000:]
     assert_identical(out, tmp_path / "reference.h5")

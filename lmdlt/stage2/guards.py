@@ -3,6 +3,7 @@ with the place it went bad (epoch, step, loss term or parameter) instead of writ
 classifier that evaluation would only reject later."""
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
@@ -18,7 +19,7 @@ def check_finite_terms(terms: dict[str, torch.Tensor], where: str) -> None:
     values = torch.stack([t.detach().float().reshape(()) for t in terms.values()])
     if bool(torch.isfinite(values).all()):
         return
-    bad = [(n, float(v)) for (n, v) in zip(terms, values.tolist()) if not torch.isfinite(torch.tensor(v))]
+    bad = [(n, v) for n, v in zip(terms, values.tolist()) if not math.isfinite(v)]
     raise NonFiniteError(f"{where}: non-finite loss term {bad[0][0]!r} ({bad[0][1]}); "
                          "lower the learning rate or check the features for NaN/inf")
 
