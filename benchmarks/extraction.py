@@ -9,8 +9,8 @@ channels-last; ``encode`` with bf16 autocast forced (on CUDA ``auto`` selects bf
 channels-last: run the script on a GPU machine to get those rows; without one they are
 reported as not measured).
 
-    python benchmarks/extraction.py                  # small ResNet w16 at 28 px (2,000 images) + resnet18 at 64 px (--n-resnet 500)
-    python benchmarks/extraction.py --n 4000 --reps 7
+    python benchmarks/extraction.py                  # small ResNet w16 at 28 px (1,000 images) + resnet18 at 64 px (200)
+    python benchmarks/extraction.py --n 2000 --n-resnet 500 --reps 5
 """
 from __future__ import annotations
 
@@ -53,9 +53,9 @@ def plain(net, images: np.ndarray, device, batch_size: int = 512):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--n-resnet", type=int, default=500, help="images for the resnet18 case")
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--n-resnet", type=int, default=200, help="images for the resnet18 case")
+    ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model", action="append", choices=list(MODELS), default=None)
     a = ap.parse_args()
@@ -85,13 +85,15 @@ def main() -> None:
                               lambda: encode(net_cl, images, dev, 512, "bf16", True)))
             times = {c: [] for c, _ in cases}
             load0 = loadavg()
-            for _ in range(a.reps):
+            for rep in range(a.reps):
                 for c, fn in cases:
-                    fn()  # warm-up of this case (allocator, oneDNN primitives)
+                    if rep == 0:
+                        fn()  # warm-up of this case (allocator, oneDNN primitives)
                     t = Timer("fn()", globals={"fn": fn}, num_threads=a.threads).timeit(1).median
                     if dev.type == "cuda":
                         torch.cuda.synchronize()
                     times[c].append(t)
+                    print(f"  {c}: {t:.2f} s (load {loadavg()})", flush=True)
             base = median(times[cases[0][0]])
             for c, _ in cases:
                 t = median(times[c])

@@ -111,7 +111,7 @@ def test_encode_of_nothing_has_the_right_shapes(trained):
 
 @pytest.mark.parametrize("device, threads, in_memory, workers", [
     ("cpu", 1, True, 0), ("cpu", 8, True, 0),         # decoded images in memory, CPU: none
-    ("cpu", 1, False, 1), ("cpu", 4, False, 3),       # decoding on the fly: threads - 1, >= 1
+    ("cpu", 1, False, 0), ("cpu", 4, False, 3),       # decoding on the fly: threads - 1
     ("cuda", 1, True, 1), ("cuda", 4, True, 3),       # CUDA: overlap with the GPU's work
     ("cuda", 32, True, 8), ("cuda", None, False, 1),  # at most 8; no threads given: 1
 ])
