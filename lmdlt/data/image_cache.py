@@ -118,10 +118,11 @@ def check_cache_matches(cache: "ImageCache", manifest_path, manifest_meta: dict,
 
 
 def check_checkpoint_inputs(checkpoint_path, checkpoint_meta: dict, manifest_path,
-                            manifest_meta: dict, cache: "ImageCache") -> None:
+                            manifest_meta: dict, cache: "ImageCache", ids=None) -> None:
     """Provenance guard of a consumer of a stage-1 checkpoint (feature extraction, encoder
     fine-tuning): the checkpoint was trained on this split and on an image cache with this
-    cache's config (same source and image size), and the cache matches the manifest."""
+    cache's config (same source and image size), and the cache matches the manifest (and
+    holds ``ids``, the manifest's image ids, when given)."""
     parents = checkpoint_meta.get("provenance", {}).get("parents", {})
     if parents.get("split") != manifest_meta["content_hash"]:
         raise ValueError(f"{checkpoint_path} was trained on split {parents.get('split')}, not on "
@@ -130,7 +131,7 @@ def check_checkpoint_inputs(checkpoint_path, checkpoint_meta: dict, manifest_pat
     if parents.get("images") is not None and parents["images"] != images_hash:
         raise ValueError(f"{checkpoint_path} was trained on the image cache {parents['images']}, "
                          f"not on {cache.path} ({images_hash}): another source or image size")
-    check_cache_matches(cache, manifest_path, manifest_meta)
+    check_cache_matches(cache, manifest_path, manifest_meta, ids)
 
 
 def load_split_images(manifest_path, cache_path, image_size: int | None = None) -> dict:
