@@ -87,7 +87,8 @@ def cmd_train_stage2(a):
     from .stage2.runner import run_stage2
 
     cfg = validate_variant("stage2", a.params)
-    run_stage2(a.features, cfg, a.seed, a.out, threads=a.threads)
+    run_stage2(a.features, cfg, a.seed, a.out, threads=a.threads, checkpoint_path=a.checkpoint,
+               manifest_path=a.split)
 
 
 def cmd_train_stage2_encoder(a):
@@ -211,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("train-stage2", cmd_train_stage2, "stage 2: calibrate the classifier on cached features")
     s.add_argument("--features", required=True)
+    s.add_argument("--checkpoint", default=None,
+                   help="stage-1 checkpoint the features must come from (provenance check)")
+    s.add_argument("--split", default=None, help="split manifest the features must come from")
     s.add_argument("--params", type=_json, required=True, help="the stage-2 variant's config (JSON)")
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--out", required=True, help="predictions (HDF5)")

@@ -413,6 +413,11 @@ def test_stage2_refuses_features_of_another_checkpoint_or_split(tmp_path):
     with pytest.raises(ValueError, match=rf"f\.h5 was extracted on split s{{64}}, not on .*m\.parquet "
                                          rf"\({content_hash(table)}\)"):
         run_stage2(tmp_path / "f.h5", cfg, 0, tmp_path / "p.h5", threads=1, manifest_path=tmp_path / "m.parquet")
+    # the same refusal through the CLI flags the train_stage2 rule passes
+    from lmdlt.cli import main
+    assert main(["train-stage2", "--features", str(tmp_path / "f.h5"), "--split", str(tmp_path / "m.parquet"),
+                 "--params", '{"method": "crt", "params": {"epochs": 1}}', "--seed", "0",
+                 "--out", str(tmp_path / "p.h5")]) != 0
     with h5py.File(tmp_path / "f.h5", "a") as f:  # attributes edited after writing
         f.attrs["split_hash"] = "e" * 64
     with pytest.raises(ValueError, match=r"inconsistent provenance, split hash e{64} in its attributes "

@@ -10,6 +10,8 @@
 rule train_stage2:
     input:
         features=FEATURES,
+        checkpoint=CHECKPOINT,  # read only to check the features' provenance
+        split=SPLIT,
     output:
         PREDICTIONS,
     wildcard_constraints:
@@ -22,7 +24,8 @@ rule train_stage2:
     benchmark:
         BENCHMARKS + "/seed{seed}/stage2_{s1}_{s2}.tsv"
     shell:
-        "lmdlt train-stage2 --features {input.features} --params {params.variant:q}"
+        "lmdlt train-stage2 --features {input.features} --checkpoint {input.checkpoint}"
+        " --split {input.split} --params {params.variant:q}"
         " --seed {wildcards.seed} --threads {threads} --out {output} > {log} 2>&1"
 
 
