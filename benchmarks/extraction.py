@@ -38,13 +38,17 @@ MODELS = {
 }
 
 
-def plain(net, images: np.ndarray, device, batch_size: int = 512):
-    """What one writes without the package: eval, inference_mode, batches, outputs to NumPy."""
+def plain(net, images: np.ndarray, device, batch_size: int = 512, contiguous: bool = False):
+    """What one writes without the package: eval, inference_mode, batches, outputs to NumPy.
+    ``contiguous``: copy each batch to contiguous NCHW (the permuted NHWC batch is
+    channels-last in memory)."""
     net.eval()
     feats, logits = [], []
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
             x = torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2).to(device)
+            if contiguous:
+                x = x.contiguous()
             f = net.features(x)
             feats.append(f.cpu())
             logits.append(net.classifier(f).cpu())
@@ -76,6 +80,7 @@ def main() -> None:
             net_cl.load_state_dict(net.state_dict())
             cases = [
                 ("plain inference_mode loop", lambda: plain(net, images, dev)),
+                ("plain loop, batches copied to contiguous NCHW", lambda: plain(net, images, dev, contiguous=True)),
                 ("lmdlt encode, fp32", lambda: encode(net, images, dev, 512, "fp32", False)),
                 ("lmdlt encode, fp32, channels-last", lambda: encode(net_cl, images, dev, 512, "fp32", True)),
                 ("lmdlt encode, bf16 autocast (forced)", lambda: encode(net, images, dev, 512, "bf16", False)),

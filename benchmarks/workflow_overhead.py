@@ -58,14 +58,19 @@ def timed(cmd: list[str], cwd: Path | None = None) -> tuple[float, float]:
     return wall, cpu
 
 
+HEAVY = ("torch", "torchvision", "torch._dynamo", "sympy", "sklearn", "scipy", "pandas", "pyarrow",
+         "h5py", "matplotlib", "PIL", "numpy", "jsonschema", "yaml")
+
+
 def slowest_imports(module: str, n: int = 5) -> str:
+    """Cumulative import time of the heavy third-party packages the module pulls in."""
     proc = subprocess.run([PY, "-X", "importtime", "-c", f"import {module}"], capture_output=True, text=True)
-    rows = []
+    seen = {}
     for line in proc.stderr.splitlines():
-        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
-        if m and len(m.group(3)) <= 2:  # top-level imports (cumulative time)
-            rows.append((int(m.group(2)), m.group(4).strip()))
-    rows.sort(reverse=True)
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|\s*(\S+)", line)
+        if m and m.group(3) in HEAVY:
+            seen[m.group(3)] = max(seen.get(m.group(3), 0), int(m.group(2)))
+    rows = sorted(((us, name) for name, us in seen.items()), reverse=True)
     return ", ".join(f"{name} {us / 1e6:.2f}" for us, name in rows[:n])
 
 
@@ -121,29 +126,29 @@ def job_startup(reps: int) -> list[list]:
     rows = []
     for name, _ in cases:
         w, c = median(times[name][0]), median(times[name][1])
-        mod = name.split("import ")[-1] if "import lmdlt" in name or name.endswith(": import " + name.split()[-1]) else None
         detail = slowest_imports(name.split("import ")[-1]) if ": import " in name else ""
         rows.append([name, f"{w:.2f}", f"{c:.2f}", f"{c / torch_c:.2f}", detail])
-        del mod
     return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--startup-only", action="store_true", help="skip the dry-runs")
     a = ap.parse_args()
     print(f"machine: {machine()}\n")
     load0 = loadavg()
-    with tempfile.TemporaryDirectory() as t:
-        rows = dry_runs(Path(t), a.reps)
-    print(f"\nload average {load0} -> {loadavg()}; medians of {a.reps} interleaved repetitions\n")
-    print(markdown(["dry-run (`snakemake -n`, empty results)", "jobs", "wall s", "CPU s",
-                    "CPU ratio to start-up"], rows))
+    if not a.startup_only:
+        with tempfile.TemporaryDirectory() as t:
+            rows = dry_runs(Path(t), a.reps)
+        print(f"\nload average {load0} -> {loadavg()}; medians of {a.reps} interleaved repetitions\n")
+        print(markdown(["dry-run (`snakemake -n`, empty results)", "jobs", "wall s", "CPU s",
+                        "CPU ratio to start-up"], rows))
     load0 = loadavg()
     rows = job_startup(a.reps)
     print(f"\nload average {load0} -> {loadavg()}; medians of {a.reps} interleaved repetitions\n")
     print(markdown(["per-job start-up", "wall s", "CPU s", "CPU ratio to `import torch`",
-                    "slowest top-level imports (s, cumulative)"], rows))
+                    "slowest third-party imports (s, cumulative, one run)"], rows))
 
 
 if __name__ == "__main__":

@@ -33,17 +33,20 @@ def encode(net, images: np.ndarray, device, batch_size: int = 512, precision: st
     """Features and logits (float32) of uint8 NHWC ``images``, ``batch_size`` at a time.
 
     ``precision`` is a resolved one (``fp32`` or ``bf16``: autocast of the forward pass, outputs
-    returned as float32); ``channels_last`` puts the weights and every batch in channels-last
-    memory format, else batches are contiguous NCHW.
+    returned as float32); ``channels_last`` also puts the weights in channels-last memory
+    format. Batches keep the cache's layout either way: NHWC images permuted to NCHW are
+    channels-last in memory already (no copy; on the CPU this measured faster than contiguous
+    NCHW, benchmarks/extraction.py).
     """
     net.eval()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     feats, logits = [], []
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2)
-        x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
             f = net.features(x)
             z = net.classifier(f)
