@@ -144,19 +144,27 @@ def step_breakdown(data, min_run_time: float, reps: int) -> list[tuple[str, floa
         for v in terms.values():
             float(v.detach())
 
-    def deterministic(fn):
+    def deterministic(fn, fill: bool = True):
+        """``fill``: torch.utils.deterministic.fill_uninitialized_memory (on by default with
+        deterministic algorithms: every new uninitialised tensor is filled with NaN)."""
+        import torch.utils.deterministic as det
+
         def run():
             torch.use_deterministic_algorithms(True, warn_only=True)
+            before = det.fill_uninitialized_memory
+            det.fill_uninitialized_memory = fill
             try:
                 fn()
             finally:
+                det.fill_uninitialized_memory = before
                 torch.use_deterministic_algorithms(False)
         return run
 
     cases = [("plain step (forward, CE, backward, SGD)", plain),
              ("+ method registry, LR schedule, after_step, loss read-back", with_method),
              ("+ non-finite guards (loss and gradient norm)", with_guards),
-             ("+ use_deterministic_algorithms(True) (set by setup_torch)", deterministic(with_guards))]
+             ("+ use_deterministic_algorithms(True) (set by setup_torch)", deterministic(with_guards)),
+             ("+ the same with fill_uninitialized_memory = False", deterministic(with_guards, fill=False))]
     ratios = {name: [] for name, _ in cases}
     times = {name: [] for name, _ in cases}
     for r in range(reps):
