@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,19 @@ def _lookup(getter, name: str, key: str):
 def _check_sampler(name: str, key: str, known: list[str]) -> None:
     if name not in known:
         raise ConfigError(f"{key}: unknown sampler {name!r} (known: {', '.join(known)})")
+
+
+def check_data_root(config: dict) -> None:
+    """The configured data root must exist: checked by the workflow before any job starts (not
+    as a missing CSV in the first job's log). Kept out of ``validate_config`` so that a config
+    can be validated on a machine without the data (an experiment's placeholder root)."""
+    from .data.sources import get_source
+
+    ds = config["dataset"]
+    if get_source(ds["source"], ds.get("root"), ds.get("options")).needs_root and not os.path.exists(ds["root"]):
+        raise ConfigError(f"dataset.root: {ds['root']!r} does not exist (relative paths are read "
+                          f"from {os.getcwd()}); set it to the {ds['source']} data folder, e.g. "
+                          f"--config dataset='{{root: /path/to/data}}'")
 
 
 def load_config(path: str | Path, schema_path: str | Path = DEFAULT_SCHEMA) -> dict:

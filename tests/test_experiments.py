@@ -75,16 +75,18 @@ def _override(data_root: Path, source: str, shared: Path | None) -> list[str]:
     return ["--config", "dataset=" + json.dumps(ds)]
 
 
-def _dry_run(tmp_path: Path, configfiles: list[Path], shared_data: Path) -> tuple[str, dict]:
+def _dry_run(tmp_path: Path, configfiles: list[Path], shared_data: Path,
+             work_name: str = "work") -> tuple[str, dict]:
     cfg = load_config(configfiles[0])
     source = cfg["dataset"]["source"]
     if source == "ham10000":
         root = shared_data / "ham10000"  # the real images are there
     else:
         root = tmp_path / "data"
-        root.mkdir()
-        FAKE[source](root)
-    work = tmp_path / "work"
+        if not root.exists():  # a second dry-run in the same tmp_path shares the fake tree
+            root.mkdir()
+            FAKE[source](root)
+    work = tmp_path / work_name
     work.mkdir()
     # as when run from the repository root: the default config.yaml is there too, and must not
     # leak its variants into the experiment
@@ -109,7 +111,9 @@ def test_experiment_dry_run(tmp_path, shared_data, path):
         assert re.search(rf"^{rule}\s+\d+$", out, re.M), f"{rule} not scheduled for {path.name}"
     n_stage1 = int(re.search(r"^train_stage1\s+(\d+)$", out, re.M).group(1))
     assert n_stage1 == len(cfg["stage1"]) * len(cfg["seeds"]), "config.yaml's variants leaked in"
-    assert f"results/{name}/images_{cfg['dataset']['image_size']}px.h5" in out
+    # the image cache is keyed by the source (and its root/options) and size, not the experiment
+    assert re.search(rf"results/image_cache/{cfg['dataset']['source']}-[0-9a-f]{{10}}/"
+                     rf"images_{cfg['dataset']['image_size']}px\.h5", out)
     for seed in cfg["seeds"]:
         assert f"results/{name}/seed{seed}/split.parquet" in out
     assert f'"root": "{info["root"]}"' in out
@@ -125,6 +129,10 @@ def test_isic2019_overlays_change_r_and_folder_only(tmp_path, shared_data, overl
     assert f'"imbalance_ratio": {r}' in out and f"results/{name}/seed0/split.parquet" in out
     assert "isic2019-lt-r100" not in out
     assert '"protocol": "lmd"' in out and '"source": "isic2019"' in out  # the rest is the base config
+    # r = 300 / 500 decode nothing of their own: the same images as r = 100, the same cache file
+    base, _ = _dry_run(tmp_path, [EXPERIMENTS / "isic2019-lt.yaml"], shared_data, work_name="base")
+    cache = re.compile(r"results/image_cache/isic2019-[0-9a-f]{10}/images_\d+px\.h5")
+    assert set(cache.findall(out)) == set(cache.findall(base)) != set()
 
 
 @pytest.mark.realdata

@@ -151,3 +151,15 @@ def test_a_malformed_config_stops_before_any_job(tmp_path):
     assert proc.returncode != 0
     assert "stage1.ce.epochs: 'three' is not of type 'integer'" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_a_missing_data_root_stops_before_any_job(tmp_path):
+    cfg = copy.deepcopy(SMALL)
+    cfg["dataset"] = {"name": "ham", "source": "ham10000", "root": str(tmp_path / "no-such-folder"),
+                      "image_size": 16}
+    write_config(tmp_path, cfg)
+    proc = run_snakemake(tmp_path, "--cores", "1", check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "dataset.root:" in out and "no-such-folder' does not exist" in out
+    assert not (tmp_path / "results").exists()

@@ -33,7 +33,7 @@ from ..data.transforms import channel_stats
 from ..io import atomic_path, provenance
 from ..models import build_network
 from ..resume import ResumeState, rng_state, run_identity, set_rng_state
-from ..runtime import autocast, resolve_precision, setup_torch, use_channels_last
+from ..runtime import autocast, loader_options, resolve_precision, setup_torch, use_channels_last
 from .base import get_method
 from .distributed import SINGLE_PROCESS, setup as setup_distributed
 
@@ -131,12 +131,14 @@ def train_sampler_spec(cfg: dict, method) -> dict:
     return {"name": cfg["sampler"], **({"gamma": gamma} if cfg["sampler"] == "class_aware" else {})}
 
 
-def _loader(dataset, labels, spec: dict, cfg: dict, gen, ddp=SINGLE_PROCESS) -> DataLoader:
+def _loader(dataset, labels, spec: dict, cfg: dict, gen, ddp=SINGLE_PROCESS,
+            workers: dict | None = None) -> DataLoader:
+    """``workers``: ``runtime.loader_options`` (workers and pinned memory chosen by the code)."""
     opts = {k: v for k, v in spec.items() if k != "name"}
     # under torchrun: this rank's shard of the global draw, in batches of batch_size / processes
     sampler = ddp.shard(make_sampler(labels, spec["name"], gen, epochs=cfg["epochs"], **opts))
     return DataLoader(dataset, batch_size=ddp.local_batch_size(cfg["batch_size"]), sampler=sampler,
-                      drop_last=len(labels) > cfg["batch_size"])
+                      drop_last=len(labels) > cfg["batch_size"], **(workers or {}))
 
 
 def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
@@ -174,9 +176,12 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
     net = ddp.prepare(net, dev)  # SyncBatchNorm under torchrun, before any method hook sees net
     method = get_method(cfg["method"])(cfg["params"], counts)
     dataset = _AugmentedImages(x_tr, y_tr, method.train_transform(cfg["augment"], x_tr.shape[1]))
-    loader = _loader(dataset, y_tr, train_sampler_spec(cfg, method), cfg, gen, ddp)
+    # the images are decoded in memory (the cache): no worker on the CPU, workers + pinned
+    # memory on CUDA (lmdlt.runtime.loader_options)
+    workers = loader_options(dev, threads, in_memory=True)
+    loader = _loader(dataset, y_tr, train_sampler_spec(cfg, method), cfg, gen, ddp, workers)
     paired_spec = method.paired_sampler()
-    paired = _loader(dataset, y_tr, paired_spec, cfg, gen, ddp) if paired_spec else None
+    paired = _loader(dataset, y_tr, paired_spec, cfg, gen, ddp, workers) if paired_spec else None
     if paired_spec:
         log.info("paired batches from sampler %s", paired_spec)
     method.on_train_start(net, cfg["epochs"], len(loader))  # before modules(): they may need net

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ..data.samplers import make_sampler
 from ..resume import rng_state, set_rng_state
+from ..runtime import loader_options
 from .base import Stage2Method, register
 from .guards import check_finite_grads, check_finite_terms
 from .gaussian import fdc_loss, generalized_ce
@@ -143,7 +144,9 @@ class IterativeClassifierCalibration(Stage2Method):
         loader = DataLoader(
             TensorDataset(torch.from_numpy(x_tr).permute(0, 3, 1, 2), torch.from_numpy(y_tr)),
             batch_size=p["e_batch_size"], sampler=make_sampler(y_tr, p["e_sampler"], generator),
-            drop_last=len(y_tr) > p["e_batch_size"])
+            drop_last=len(y_tr) > p["e_batch_size"],
+            # decoded images in memory: no worker on the CPU, workers + pinned memory on CUDA
+            **loader_options(device, torch.get_num_threads(), in_memory=True))
         mstep = MStep(p, k)
         layer: nn.Linear | None = None
         opt_m = None

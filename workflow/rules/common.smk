@@ -2,7 +2,7 @@
 # output paths, and the per-variant params helpers shared by the rule files.
 import json
 
-from lmdlt.config import ConfigError, pairs, row_label, validate_config
+from lmdlt.config import ConfigError, check_data_root, pairs, row_label, validate_config
 
 # `--configfile` files are deep-merged over the Snakefile's config.yaml, which would leak the
 # default experiment's variants (stage1/stage2/groups...) into an experiment config: config
@@ -14,6 +14,7 @@ if workflow.config_settings.configfiles:
 
 try:
     validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+    check_data_root(config)
 except ConfigError as e:
     raise WorkflowError(f"invalid config: {e}")
 
@@ -22,7 +23,6 @@ SEEDS = config["seeds"]
 THREADS = config["compute"]["threads"]
 DEVICE = config["compute"]["device"]
 
-IMAGES = f"{ROOT}/images_{config['dataset']['image_size']}px.h5"
 SPLIT = ROOT + "/seed{seed}/split.parquet"
 CHECKPOINT = ROOT + "/seed{seed}/stage1/{s1}/model.pt"
 FEATURES = ROOT + "/seed{seed}/stage1/{s1}/features.h5"
@@ -76,6 +76,19 @@ def source_params():
     """What identifies the images (not the split, not the image size)."""
     ds = config["dataset"]
     return {"source": ds["source"], "root": ds["root"], "options": ds["options"]}
+
+
+def image_cache_dir():
+    """results/image_cache/<source>-<hash of source, root and options>/: keyed by what identifies
+    the images, not by the experiment, so experiments on the same images (ISIC-2019-LT at
+    r = 100, 300, 500) share one decode per image size."""
+    from lmdlt.io import sha256_json
+
+    return f"{config['results_dir']}/image_cache/{config['dataset']['source']}-{sha256_json(source_params())[:10]}"
+
+
+IMAGE_CACHE_DIR = image_cache_dir()
+IMAGES = f"{IMAGE_CACHE_DIR}/images_{config['dataset']['image_size']}px.h5"
 
 
 def metrics_file(s1, s2, seed):

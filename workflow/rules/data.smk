@@ -3,11 +3,11 @@
 
 rule image_cache:
     output:
-        f"{ROOT}/images_{{size}}px.h5",
+        IMAGE_CACHE_DIR + "/images_{size}px.h5",
     params:
         dataset=as_json(source_params()),
     log:
-        f"{LOGS}/image_cache_{{size}}px.log",
+        IMAGE_CACHE_DIR + "/logs/images_{size}px.log",
     shell:
         "lmdlt cache --dataset {params.dataset:q} --size {wildcards.size} --out {output} > {log} 2>&1"
 
