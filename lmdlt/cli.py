@@ -32,10 +32,12 @@ def cmd_cache(a):
 
 
 def cmd_split(a):
+    from .config import validate_section
     from .data.sources import source_from_config
     from .data.splits import build_split, summary_text, write_manifest
     from .io import provenance
 
+    a.split = validate_section("split", a.split)  # defaults filled, for a hand-written section
     index = source_from_config(a.dataset).index()
     table = build_split(index, a.split, a.seed)
     cfg = {"dataset": a.dataset, "split": a.split}

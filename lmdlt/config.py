@@ -136,6 +136,13 @@ def validate_variant(stage: str, variant: dict, schema_path: str | Path = DEFAUL
     return variant
 
 
+def validate_section(section: str, value: dict, schema_path: str | Path = DEFAULT_SCHEMA) -> dict:
+    """Validate one top-level section (``dataset``, ``split``, ...) with its defaults filled, for
+    running a stage by hand with a partial section."""
+    validate_against(value, load_schema(schema_path)["properties"][section], section)
+    return value
+
+
 def _lookup(getter, name: str, key: str):
     try:
         return getter(name)

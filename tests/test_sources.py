@@ -73,8 +73,24 @@ def test_isic2019_missing_column_names_it(tmp_path):
     fake_isic(root, [("ISIC_0000001", "NV")])
     df = pd.read_csv(root / "ISIC_2019_Training_GroundTruth.csv").drop(columns="VASC")
     df.to_csv(root / "ISIC_2019_Training_GroundTruth.csv", index=False)
-    with pytest.raises(ValueError, match=r"lacks column\(s\) \['VASC'\].*|VASC"):
+    with pytest.raises(ValueError, match=r"ISIC_2019_Training_GroundTruth.csv' lacks column\(s\) \['VASC'\]"):
         get_source("isic2019", str(root)).index()
+
+
+def test_ham10000_missing_column_names_it(tmp_path):
+    fake_ham(tmp_path, n=3)
+    df = pd.read_csv(tmp_path / "HAM10000_metadata.csv").drop(columns="lesion_id")
+    df.to_csv(tmp_path / "HAM10000_metadata.csv", index=False)
+    with pytest.raises(ValueError, match=r"HAM10000_metadata.csv' lacks column\(s\) \['lesion_id'\]"):
+        get_source("ham10000", str(tmp_path), {"image_dirs": ["images"]}).index()
+
+
+def test_hyper_kvasir_missing_column_names_it(tmp_path):
+    fake_hk_official(tmp_path)
+    df = pd.read_csv(tmp_path / "image-labels.csv").drop(columns="Finding")
+    df.to_csv(tmp_path / "image-labels.csv", index=False)
+    with pytest.raises(ValueError, match=r"image-labels.csv' lacks column\(s\) \['Finding'\]"):
+        get_source("hyper_kvasir", str(tmp_path)).index()
 
 
 @pytest.mark.parametrize("name", ["../outside", "sub/../../outside", "/etc/passwd"])

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -92,3 +94,26 @@ def test_manifest_roundtrip_and_tamper_detection(digits, tmp_path):
     pq.write_table(arrow, path)
     with pytest.raises(ValueError, match="content hash mismatch"):
         read_manifest(path)
+
+
+def test_cli_split_then_show_split_prints_counts_and_hash(tmp_path, capsys):
+    """`lmdlt split` by hand with a partial split section (defaults filled), then `show-split`."""
+    from lmdlt.cli import main
+
+    out = tmp_path / "split.parquet"
+    assert main(["split", "--dataset", '{"source": "digits"}', "--split",
+                 '{"protocol": "cui", "imbalance_ratio": 10, "val_per_class": 15, "test_per_class": 30}',
+                 "--seed", "0", "--out", str(out)]) == 0
+    table, meta = read_manifest(out)
+    capsys.readouterr()
+    assert main(["show-split", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"content hash {meta['content_hash']}" in printed
+    counts = table.groupby(["label", "split"]).size()
+    for label in range(10):  # one row per class: train, val, test, total
+        n_tr, n_val, n_te = (int(counts.get((label, s), 0)) for s in ("train", "val", "test"))
+        assert n_val == 15 and n_te == 30
+        assert re.search(rf"^{label}\s+{n_tr}\s+{n_val}\s+{n_te}\s+{n_tr + n_val + n_te}$", printed, re.M)
+    assert f"total: train {(table['split'] == 'train').sum()}, val 150, test 300" in printed
+    assert main(["show-split", str(tmp_path / "nope.parquet")]) == 1
+    assert "split manifest" in capsys.readouterr().err

@@ -22,6 +22,7 @@ a split whose groups cross splits is an error.
 from __future__ import annotations
 
 import json
+import os
 from typing import Callable
 
 import numpy as np
@@ -303,6 +304,8 @@ def write_manifest(path, table: pd.DataFrame, class_names: list[str], prov: dict
 
 def read_manifest(path) -> tuple[pd.DataFrame, dict]:
     """The manifest table and its metadata (content_hash, class_names, provenance)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"split manifest {path} not found")
     arrow = pq.read_table(path)
     raw = (arrow.schema.metadata or {}).get(b"lmdlt")
     if raw is None:
