@@ -360,3 +360,31 @@ def test_table5_marks_the_combinations_not_in_the_config(tmp_path):
     assert "| E class-balanced, M uniform | not run | not run | not run | not run |" in md
     assert "Not in this config (no run declared or found): E class-balanced, M uniform; " in md
     parse_booktabs((tmp_path / "t5.tex").read_text())
+
+
+def test_results_table_aggregates_the_files_and_marks_missing_metrics(tmp_path):
+    """results.md/csv: the mean and sample std of the metric files; a metric missing from one
+    seed's file is marked with its count (never a silently smaller mean); a missing file stops."""
+    from lmdlt.report.tables import write_table
+
+    bacc = {0: 0.5, 1: 0.7, 2: 0.9}
+    files = {}
+    for seed, b in bacc.items():
+        metrics = {"bacc": b, "auc": 0.8 + seed / 100}
+        if seed != 2:
+            metrics["ece"] = 0.1 * (seed + 1)  # absent from seed 2's file
+        files[str(seed)] = tmp_path / f"m{seed}.json"
+        write_json(files[str(seed)], {"metrics": metrics})
+    rows = [{"row": "CE", "stage1": "ce", "stage2": None, "files": {s: str(p) for s, p in files.items()}}]
+    table = write_table(rows, ["bacc", "auc", "ece"], "t", {"rule": "rank", "sizes": [1, 1, 1]},
+                        tmp_path / "r.md", tmp_path / "r.csv")
+    csv = pd.read_csv(tmp_path / "r.csv").iloc[0]
+    assert csv["bacc_mean"] == pytest.approx(0.7) and csv["bacc_std"] == pytest.approx(np.std([.5, .7, .9], ddof=1))
+    assert csv["n_seeds"] == 3 and csv["ece_n"] == 2 and csv["ece_mean"] == pytest.approx(0.15)
+    md = (tmp_path / "r.md").read_text()
+    assert "| CE | **70.00 ± 20.00** |" in md and "**15.00 ± 7.07** †" in md and "CE ECE 2/3" in md
+    assert "seeds [0, 1, 2]" in md and len(table) == 1
+    files["1"].unlink()
+    with pytest.raises(FileNotFoundError, match=r"row 'CE', seed 1: metric file .*m1.json is missing"):
+        write_table(rows, ["bacc"], "t", None, tmp_path / "r2.md", tmp_path / "r2.csv")
+    assert not (tmp_path / "r2.md").exists() and not (tmp_path / "r2.csv").exists()
