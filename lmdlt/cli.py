@@ -117,7 +117,7 @@ def cmd_report_table(a):
 def cmd_report_figure(a):
     from .report.figures import per_class_recall_figure
 
-    per_class_recall_figure(a.rows, a.out, a.title)
+    per_class_recall_figure(a.rows, a.out, a.title, a.out_pdf)
 
 
 def cmd_report_paper_table(a):
@@ -251,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("report-figure", cmd_report_figure, "per-class recall figure")
     s.add_argument("--rows", type=_json, required=True)
     s.add_argument("--title", default="")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="PNG")
+    s.add_argument("--out-pdf", default=None)
 
     s = add("report-paper-table", cmd_report_paper_table,
             "one of the paper's Tables 1-5 (CSV, Markdown, LaTeX) from the per-run metric files")

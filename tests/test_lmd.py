@@ -308,10 +308,16 @@ def test_encoder_runner_writes_the_same_layout_as_the_features_runner(digits_cha
                                  d / "icc.h5", threads=1, device="cpu")
     assert summary["iterations"] == 2 and summary["seconds_per_iteration"] > 0
     run_stage2(d / "features.h5", vfc, 0, d / "vfc.h5", threads=1)
-    with h5py.File(d / "icc.h5") as a, h5py.File(d / "vfc.h5") as b:
+    with h5py.File(d / "icc.h5") as a, h5py.File(d / "vfc.h5") as b, h5py.File(d / "features.h5") as s1:
         for split in ("train", "val", "test"):
-            assert set(a[split]) == set(b[split]) == {"logits", "labels", "ids"}
+            # ICC also keeps its fine-tuned encoder's features (Figs. 4-5 draw them)
+            assert set(a[split]) == set(b[split]) | {"features"} and set(b[split]) == {"logits", "labels", "ids"}
             assert a[split]["logits"].shape == b[split]["logits"].shape
+            feats = a[split]["features"][:]
+            assert feats.shape == s1[split]["features"].shape
+            assert not np.allclose(feats, s1[split]["features"][:])  # the E-steps changed the encoder
+            np.testing.assert_allclose(feats @ a["state/weight"][:].T + a["state/bias"][:],
+                                       a[split]["logits"][:], rtol=1e-4, atol=1e-4)
             np.testing.assert_array_equal(a[split]["labels"][:], b[split]["labels"][:])
             assert list(a[split]["ids"].asstr()[:]) == list(b[split]["ids"].asstr()[:])
         assert a.attrs["split_hash"] == b.attrs["split_hash"]

@@ -12,32 +12,36 @@ import numpy as np
 from ..io import atomic_path, read_json
 
 
-def per_class_recall_figure(rows: list[dict], out_path, title: str = "") -> None:
-    """Mean per-class test recall per method, classes ordered head to tail by training count."""
+def per_class_recall_figure(rows: list[dict], out_path, title: str = "", out_pdf=None) -> None:
+    """Mean per-class test recall per method (over seeds), as a heatmap:
+    one row per method, classes ordered head to tail by training count, every cell annotated.
+    A heatmap stays readable with dozens of methods, where grouped bars do not."""
     first = read_json(next(iter(rows[0]["files"].values())))
     counts = np.array(first["train_counts"])
     names = first["class_names"]
     order = sorted(range(len(counts)), key=lambda c: (-counts[c], c))
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(order) + 3), 4))
-    width = 0.8 / len(rows)
+    mean = np.empty((len(rows), len(order)))
     for i, spec in enumerate(rows):
-        recalls = np.array([read_json(p)["metrics"]["per_class_recall"]
-                            for p in spec["files"].values()])
-        mean, std = recalls.mean(0)[order], recalls.std(0)[order]
-        ax.bar(np.arange(len(order)) + (i - (len(rows) - 1) / 2) * width, 100 * mean, width,
-               yerr=100 * std, label=spec["row"], capsize=2)
+        recalls = np.array([read_json(p)["metrics"]["per_class_recall"] for p in spec["files"].values()])
+        mean[i] = recalls.mean(0)[order]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(order) + 3.5), 0.32 * len(rows) + 1.8))
+    im = ax.imshow(100 * mean, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    for i in range(len(rows)):
+        for j in range(len(order)):
+            ax.text(j, i, f"{100 * mean[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if mean[i, j] < 0.6 else "black")
     ax.set_xticks(np.arange(len(order)))
     ax.set_xticklabels([f"{names[c]}\n(n={counts[c]})" for c in order], fontsize=8)
-    ax.set_ylabel("test recall (%)")
+    ax.set_yticks(np.arange(len(rows)))
+    ax.set_yticklabels([spec["row"] for spec in rows], fontsize=8)
     ax.set_xlabel("class (training images), head to tail")
-    ax.set_ylim(0, 105)
-    ax.set_title(title or "Per-class recall, mean ± std over seeds")
-    ax.legend(fontsize=8)
+    n_seeds = len(rows[0]["files"])
+    ax.set_title((title + "\n" if title else "") +
+                 f"Per-class test recall (%), mean over {n_seeds} seeds", fontsize=10)
+    bar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    bar.set_label("test recall (%)")
     fig.tight_layout()
-    suffix = str(out_path).rsplit(".", 1)[-1]
-    with atomic_path(out_path) as tmp:
-        fig.savefig(tmp, dpi=120, format=suffix)
-    plt.close(fig)
+    save_figure(fig, out_path, out_pdf)
 
 
 # ------------------------------------------------------------------ the paper's figures
@@ -205,8 +209,9 @@ def tsne_figures(spec: dict, group_rule: dict, out: dict) -> None:
     from ..metrics import class_groups
 
     rng = np.random.default_rng(spec["seed"])
-    # runs sharing a features file (feature-only stage-2 methods, and ICC whose fine-tuned
-    # encoder is not stored) share a panel: the panel title says which runs it stands for
+    # runs sharing a features file (feature-only stage-2 methods keep the stage-1 encoder) share
+    # a panel: the panel title says which runs it stands for. ICC's panels draw the fine-tuned
+    # encoder's features, stored in its predictions file.
     panels: dict[str, list[str]] = {}
     for r in spec["runs"]:
         panels.setdefault(r["features"], []).append(r)
@@ -240,10 +245,8 @@ def tsne_figures(spec: dict, group_rule: dict, out: dict) -> None:
                     ax.scatter(emb[sel, 0], emb[sel, 1], s=10, color=cmap(i % cmap.N),
                                label=f"{names[c]} ({group}, n_train={counts[c]})")
             encoder = runs[0]["stage1"]
-            fine_tuned = [r["row"] for r in runs if r.get("encoder_fine_tuned")]
-            title = "\n".join(r["row"] for r in runs) + f"\n[{encoder} encoder features]"
-            if fine_tuned:
-                title += "\n(ICC's fine-tuned encoder is not stored)"
+            what_features = ("fine-tuned " if runs[0].get("encoder_fine_tuned") else "") + f"{encoder} encoder"
+            title = "\n".join(r["row"] for r in runs) + f"\n[{what_features} features]"
             ax.set_title(title, fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])

@@ -166,7 +166,7 @@ def table_specs(config: dict, paths: dict) -> dict[str, dict]:
 
 def _fine_tunes_encoder(config: dict, s2: str | None) -> bool:
     """Whether the stage-2 variant changes the encoder (ICC); its features are then not those of
-    the stage-1 features file, and the fine-tuned encoder is not stored."""
+    the stage-1 features file but those its predictions file stores."""
     if s2 is None:
         return False
     from ..stage2 import get_method
@@ -261,10 +261,13 @@ def figure_specs(config: dict, paths: dict) -> dict[str, dict]:
                 seed = decl.get("seed", config["seeds"][0])
                 if seed not in config["seeds"]:
                     raise ConfigError(f"{where}.seed: {seed} is not one of the seeds {config['seeds']}")
+                fine_tuned = _fine_tunes_encoder(config, s2)
                 runs.append({"row": row_label(config, s1, s2), "run": run_name(s1, s2),
                              "stage1": s1, "stage2": s2,
-                             "features": paths["features"].format(seed=seed, s1=s1, s2=s2),
-                             "encoder_fine_tuned": _fine_tunes_encoder(config, s2)})
+                             # ICC: the fine-tuned encoder's features, in its predictions file
+                             "features": paths["predictions" if fine_tuned else "features"].format(
+                                 seed=seed, s1=s1, s2=s2),
+                             "encoder_fine_tuned": fine_tuned})
             out[name] = {"figure": name, "runs": runs, "split": decl.get("split", "test"),
                          "max_per_class": decl.get("max_per_class", 200),
                          "perplexity": decl.get("perplexity", 30.0), "seed": decl.get("seed", config["seeds"][0]),

@@ -84,11 +84,14 @@ def run_stage2(features_path, cfg: dict, seed: int, out_path, threads: int | Non
 
 def write_predictions(out_path, outputs: dict, state: dict, class_names, checkpoint_sha256: str,
                       split_hash: str, prov: dict) -> None:
-    """The predictions layout every stage-2 producer writes (atomically)."""
+    """The predictions layout every stage-2 producer writes (atomically): per split logits,
+    labels, ids, and the features when the method fine-tuned the encoder."""
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
         for split, d in outputs.items():
             g = f.create_group(split)
             g["logits"] = np.asarray(d["logits"], dtype=np.float32)
+            if "features" in d:  # a method that fine-tunes the encoder: its own features
+                g["features"] = np.asarray(d["features"], dtype=np.float32)
             g["labels"] = np.asarray(d["labels"])
             g.create_dataset("ids", data=np.array(list(d["ids"]), dtype=object),
                              dtype=h5py.string_dtype())
@@ -139,7 +142,9 @@ def run_stage2_encoder(checkpoint_path, manifest_path, cache_path, cfg: dict, se
     for split in ("train", "val", "test"):
         x, y, ids = data[split]
         feats = encode_images(method.net, x, dev)
-        outputs[split] = {"logits": method.logits(feats), "labels": y, "ids": ids}
+        # the fine-tuned encoder's features are kept (Figs. 4-5 draw them); the stage-1 features
+        # file holds the encoder before the E-steps
+        outputs[split] = {"logits": method.logits(feats), "labels": y, "ids": ids, "features": feats}
     write_predictions(out_path, outputs, method.state(), meta["class_names"], ckpt_hash, split_hash, prov)
     method.resume.clear()  # the predictions exist: nothing left to resume
     return summary

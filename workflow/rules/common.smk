@@ -35,7 +35,8 @@ BENCHMARKS = ROOT + "/benchmarks"
 REPORT_TABLE_MD = f"{ROOT}/tables/results.md"
 REPORT_TABLE_CSV = f"{ROOT}/tables/results.csv"
 REPORT_FIGURE = f"{ROOT}/figures/per_class_recall.png"
-REPORT_FILES = [REPORT_TABLE_MD, REPORT_TABLE_CSV, REPORT_FIGURE]
+REPORT_FIGURE_PDF = f"{ROOT}/figures/per_class_recall.pdf"
+REPORT_FILES = [REPORT_TABLE_MD, REPORT_TABLE_CSV, REPORT_FIGURE, REPORT_FIGURE_PDF]
 
 
 def _stage2_variants(needs_encoder):

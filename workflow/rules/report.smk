@@ -26,8 +26,9 @@ rule per_class_recall_figure:
     input:
         [f for row in report_rows() for f in row["files"].values()],
     output:
-        report(REPORT_FIGURE, caption="../report/per_class_recall.rst", category="Figures",
-               labels={"figure": "per-class recall"}),
+        png=report(REPORT_FIGURE, caption="../report/per_class_recall.rst", category="Figures",
+                   labels={"figure": "per-class recall"}),
+        pdf=REPORT_FIGURE_PDF,
     params:
         rows=as_json(report_rows()),
         title=config["report"]["title"],
@@ -35,7 +36,8 @@ rule per_class_recall_figure:
         f"{LOGS}/per_class_recall_figure.log",
     localrule: True
     shell:
-        "lmdlt report-figure --rows {params.rows:q} --title {params.title:q} --out {output} > {log} 2>&1"
+        "lmdlt report-figure --rows {params.rows:q} --title {params.title:q} --out {output.png}"
+        " --out-pdf {output.pdf} > {log} 2>&1"
 
 
 report: "../report/workflow.rst"
