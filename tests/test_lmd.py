@@ -164,20 +164,22 @@ def test_stats_ema_by_hand():
     assert ema_decay(0.9, 1000) == 0.9
 
 
-def test_mahalanobis_psi_phi_by_direct_formula():
+@pytest.mark.parametrize("y", [torch.tensor([0, 1]),    # class 2 absent from the batch
+                               torch.tensor([2, 2])])  # one class only
+def test_mahalanobis_psi_phi_by_direct_formula(y):
     mu = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
     cov = torch.stack([torch.diag(torch.tensor([1.0, 4.0])), torch.eye(2) * 2,
                        torch.tensor([[2.0, 0.5], [0.5, 1.0]])]).double()
     x = torch.tensor([[1.0, 2.0], [3.0, -1.0]], dtype=torch.float64)
-    y = torch.tensor([0, 1])
     d_direct = torch.stack([torch.stack([(x[i] - mu[k]) @ torch.linalg.inv(cov[k]) @ (x[i] - mu[k])
                                          for k in range(3)]) for i in range(2)])
     d = mahalanobis_sq(x, mu, cholesky(cov))
     torch.testing.assert_close(d, d_direct)
     psi, phi = psi_phi(x, y, mu, cholesky(cov))
-    assert float(psi) == pytest.approx(float((d_direct[0, 0] + d_direct[1, 1]) / 2))
-    assert float(phi) == pytest.approx(float(((d_direct[0, 1] + d_direct[0, 2]) / 2
-                                              + (d_direct[1, 0] + d_direct[1, 2]) / 2) / 2))
+    own = [float(d_direct[i, y[i]]) for i in range(2)]
+    others = [np.mean([float(d_direct[i, k]) for k in range(3) if k != y[i]]) for i in range(2)]
+    assert float(psi) == pytest.approx(np.mean(own))
+    assert float(phi) == pytest.approx(np.mean(others))
 
 
 def test_fdc_paper_sign_pulls_feature_toward_own_class_mean():
@@ -238,7 +240,13 @@ def test_e_step_label_loss_reaches_encoder_only_in_paper_mode(label_loss):
 
 # --- ICC end to end on tiny random data -----------------------------------------------------
 
-def test_icc_runs_and_reinitialises_or_keeps_classifier():
+def test_icc_runs_and_reinitialises_or_keeps_classifier(monkeypatch):
+    import lmdlt.stage2.icc as icc_module
+
+    created = []  # one classifier optimiser per classifier the M-steps create
+    real = icc_module.classifier_optimizer
+    monkeypatch.setattr(icc_module, "classifier_optimizer",
+                        lambda layer, p: created.append(layer) or real(layer, p))
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     k = 3
@@ -251,7 +259,12 @@ def test_icc_runs_and_reinitialises_or_keeps_classifier():
         m = cls(_e_params(iterations=2, virtual_per_class=20, m_lr=0.1, m_batch_size=16, e_lr=0.01,
                           e_batch_size=8, classifier_init=init, select="last"), k)
         g = torch.Generator().manual_seed(0)
+        created.clear()
         m.fit_encoder(_tiny_net(k), images, g, torch.device("cpu"))
+        # per_iteration: a fresh classifier in each of the 2 M-steps (the paper's Algorithm);
+        # once: created in the first and trained on in the second (reference code)
+        assert len(created) == (2 if init == "per_iteration" else 1)
+        assert len({id(layer) for layer in created}) == len(created)
         assert len(m.history) == 2 and all(r["seconds"] > 0 for r in m.history)
         assert m.kept["iteration"] == 2
         st = m.state()

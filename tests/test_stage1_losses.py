@@ -218,7 +218,8 @@ def aduc_direct(f, g, y, alpha, tau):
     return total / n
 
 
-@pytest.mark.parametrize("y", [torch.tensor([0, 0, 2, 2, 1, 3]), torch.tensor([1, 1, 1])])
+@pytest.mark.parametrize("y", [torch.tensor([0, 0, 2, 2, 1, 3]), torch.tensor([0, 0, 2, 2, 2]),
+                               torch.tensor([1, 1, 1])])  # all classes; 1 and 3 absent; one class
 @pytest.mark.parametrize("alpha", [1.0, 0.01])
 def test_adaptive_unified_contrastive_loss(y, alpha):
     f = F.normalize(logits_for(y, seed=1), dim=1)
@@ -250,12 +251,14 @@ def test_iccl_centroids_are_a_per_sample_ema():
     assert torch.equal(c[3], want[3])  # the absent class is untouched
 
 
-def test_iccl_warmup_then_interpolative_branch():
+@pytest.mark.parametrize("y, yt", [(BATCHES[0], torch.tensor([3, 3, 1, 0, 2])),   # class 3 absent from y
+                                   (torch.tensor([1] * 5), torch.tensor([2] * 5))])  # one class each
+def test_iccl_warmup_then_interpolative_branch(y, yt):
     net = tiny_net()
     iccl = method("iccl", net=net, epochs=4, warmup_epochs=2, tau=0.5, dim=3)
     assert iccl.paired_sampler() == {"name": "class_aware", "gamma": 0.0}
-    x, y = tiny_images(5), BATCHES[0]
-    xt, yt = tiny_images(5, seed=1), torch.tensor([3, 3, 1, 0, 2])
+    x = tiny_images(5)
+    xt = tiny_images(5, seed=1)
     centroids = F.normalize(torch.randn(K, 3), dim=1)
     iccl.centroids = centroids.clone()
 
@@ -286,12 +289,14 @@ def test_iccl_warmup_then_interpolative_branch():
     assert terms["cc_it"].item() == pytest.approx(cc_it / 5, rel=1e-5)
 
 
-def test_balanced_mixup_mixes_instance_and_balanced_batches():
+@pytest.mark.parametrize("y, yb", [(torch.tensor([0, 0, 0, 1]), torch.tensor([3, 2, 1, 0])),  # 2, 3 absent from y
+                                   (torch.tensor([1, 1, 1, 1]), torch.tensor([1, 1, 1, 1]))])  # one class
+def test_balanced_mixup_mixes_instance_and_balanced_batches(y, yb):
     net = tiny_net()
     bm = method("bal_mixup", net=net, alpha=0.5)
     assert bm.paired_sampler() == {"name": "class_balanced"}
-    x, y = tiny_images(4), torch.tensor([0, 0, 0, 1])
-    xb, yb = tiny_images(4, seed=1), torch.tensor([3, 2, 1, 0])
+    x = tiny_images(4)
+    xb = tiny_images(4, seed=1)
     torch.manual_seed(3)
     got = float(bm.loss(net, x, y, 0, paired=(xb, yb))["mixup_ce"])
     torch.manual_seed(3)
@@ -319,11 +324,12 @@ def test_lcreg_reconstruction_loss():
     assert float(reconstruction_loss(e, fmap)) == pytest.approx(want / 8, rel=1e-9)
 
 
-def test_lcreg_latent_augmentation_is_the_isda_bound():
+@pytest.mark.parametrize("y", [torch.tensor([0, 0, 2, 2, 2]),    # latent category 1 absent
+                               torch.tensor([2, 2, 2, 2, 2])])   # one category only
+def test_lcreg_latent_augmentation_is_the_isda_bound(y):
     g = torch.Generator().manual_seed(1)
     e = torch.randn(3, 2, generator=g, dtype=torch.float64)
     x = torch.randn(5, 2, generator=g, dtype=torch.float64)
-    y = torch.tensor([0, 0, 2, 2, 2])                                 # latent category 1 absent
     a = torch.randn(3, 2, 2, generator=g, dtype=torch.float64)
     cov = a @ a.transpose(1, 2)
     lam = 0.3

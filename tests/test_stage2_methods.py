@@ -155,11 +155,12 @@ def test_ncm_against_a_direct_computation(metric):
         build("ncm").fit({"features": x[:5], "labels": np.array([0, 0, 1, 1, 0])}, None, clf, None)
 
 
-def test_kd_loss_is_eq_9_of_iccl():
+@pytest.mark.parametrize("y", [torch.tensor([1, 1, 1, 0]),   # class 2 absent
+                               torch.tensor([2, 2, 2, 2])])  # one class only
+def test_kd_loss_is_eq_9_of_iccl(y):
     g = torch.Generator().manual_seed(0)
     s = torch.randn(4, K, generator=g, dtype=torch.float64)
     t = torch.randn(4, K, generator=g, dtype=torch.float64)
-    y = torch.tensor([1, 1, 1, 0])  # class 2 absent
     w, tau = 0.3, 10.0
     ce = kl = 0.0
     for i in range(4):
