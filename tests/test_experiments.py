@@ -118,6 +118,25 @@ def test_experiment_dry_run(tmp_path, shared_data, path):
         assert f"results/{name}/seed{seed}/split.parquet" in out
     assert f'"root": "{info["root"]}"' in out
     assert f'"protocol": "{cfg["split"]["protocol"]}"' in out
+    # the paper-dataset experiments feed the paper's tables, with its numbers beside ours
+    if cfg["dataset"]["source"] != "ham10000":
+        assert cfg["report"]["paper"] and cfg["report"]["tables"], f"{path.name} declares no paper table"
+        n_tables = int(re.search(r"^paper_table\s+(\d+)$", out, re.M).group(1))
+        assert n_tables == len(cfg["report"]["tables"])
+        assert re.search(r"^train_stage2_encoder\s+\d+$", out, re.M)  # LMD's ICC rows
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("overlay", ["baselines-ham10000.yaml", "lmd-ham10000.yaml"])
+def test_ham10000_overlays_dry_run(tmp_path, shared_data, overlay):
+    out, _ = _dry_run(tmp_path, [EXPERIMENTS / "ham10000-lt.yaml", EXPERIMENTS / "overlays" / overlay],
+                      shared_data)
+    base = yaml.safe_load((EXPERIMENTS / "ham10000-lt.yaml").read_text())
+    over = yaml.safe_load((EXPERIMENTS / "overlays" / overlay).read_text())
+    encoders = set(base["stage1"]) | set(over["stage1"])  # Snakemake deep-merges the overlay
+    n_stage1 = int(re.search(r"^train_stage1\s+(\d+)$", out, re.M).group(1))
+    assert n_stage1 == len(encoders) * len(base["seeds"])
+    assert "images_16px.h5" in out and '"width": 8' in out  # the overlay's CPU smoke scale
 
 
 @pytest.mark.realdata
