@@ -26,6 +26,9 @@ def setup_torch(seed: int, threads: int | None = None) -> torch.Generator:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # deterministic mode also NaN-fills every new uninitialised tensor: 5% of a stage-1 step
+    # (docs/benchmarks.md, "loop overhead"); our kernels write what they allocate before reading
+    torch.utils.deterministic.fill_uninitialized_memory = False
     g = torch.Generator()
     g.manual_seed(seed)
     return g

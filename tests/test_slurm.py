@@ -34,7 +34,12 @@ CONFIG = {
     "groups": {"rule": "rank", "sizes": [3, 4, 3]},
     "compute": {"threads": 1},
     "stage1": {"ce": {"method": "ce", "label": "CE", "epochs": 2, "batch_size": 64}},
-    "stage2": {"crt": {"method": "crt", "label": "cRT", "params": {"epochs": 2}}},
+    "stage2": {"crt": {"method": "crt", "label": "cRT", "params": {"epochs": 2}},
+               # LMD's ICC fine-tunes the encoder: its rule is a GPU rule too
+               "icc": {"method": "icc", "label": "ICC",
+                       "params": {"iterations": 1, "virtual_per_class": 20, "m_epochs": 1,
+                                  "m_batch_size": 64, "e_batch_size": 64, "e_lr": 1.0e-3,
+                                  "lr_milestones": [1]}}},
 }
 
 
@@ -107,8 +112,8 @@ def test_pipeline_through_slurm_matches_a_local_run(tmp_path):
     write_config(local, CONFIG)
     proc = run_snakemake(cluster, "--workflow-profile", str(site_profile(tmp_path)), *NO_ACCOUNTING)
     jobs = submitted(proc.stdout + proc.stderr)
-    # every non-local job went through sbatch (this config has no encoder-fine-tuning stage 2)
-    assert set(jobs) == (GPU_RULES - {"train_stage2_encoder"}) | CPU_RULES, jobs
+    # every non-local job went through sbatch, ICC's encoder fine-tuning included
+    assert set(jobs) == GPU_RULES | CPU_RULES, jobs
     assert not set(jobs) & LOCAL_RULES
     for rule, ids in jobs.items():
         for jobid in ids:
@@ -118,7 +123,8 @@ def test_pipeline_through_slurm_matches_a_local_run(tmp_path):
             else:
                 assert "gpu" not in tres, (rule, jobid, tres)
     run_snakemake(local, "--cores", "2")
-    for rel in ["seed0/stage1/ce/metrics.json", "seed0/stage2/ce/crt/metrics.json"]:
+    for rel in ["seed0/stage1/ce/metrics.json", "seed0/stage2/ce/crt/metrics.json",
+                "seed0/stage2/ce/icc/metrics.json"]:
         a = read_json(cluster / "results" / "digits-lt" / rel)["metrics"]
         b = read_json(local / "results" / "digits-lt" / rel)["metrics"]
         assert a == b
@@ -156,4 +162,6 @@ def test_a_cancelled_training_job_is_retried_and_the_workflow_completes(tmp_path
     ids = submitted(out)["train_stage1"]
     assert ids[0] == cancelled and len(ids) >= 2  # resubmitted after the kill
     assert (work / checkpoint).exists()
-    assert "kept epoch" in train_log.read_text()
+    text = train_log.read_text()  # the retry's log: it continued from the cancelled job's epochs
+    assert re.search(r"resumed from epoch [1-9]\d*/60", text), text[:2000]
+    assert "kept epoch" in text
