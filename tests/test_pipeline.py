@@ -70,6 +70,14 @@ def test_default_run_writes_table_and_figure(default_run):
     assert dry_run_jobs(default_run) == {}  # a second run has nothing to do
 
 
+def test_html_report_holds_the_tables_and_figures(default_run):
+    run_snakemake(default_run, "--report", "results/report.html")
+    html = (default_run / "results" / "report.html").read_text(errors="replace")
+    for name in ("results.md", "table1.md", "table5.md", "per_class_recall.png", "fig3.png",
+                 "fig4.png", "fig6.png", "class_distribution.png"):
+        assert name in html, name
+
+
 def test_table_is_the_aggregation_of_the_metric_files(default_run):
     cfg = validate_config(yaml.safe_load((default_run / "config.yaml").read_text()))
     root = default_run / "results" / cfg["dataset"]["name"]

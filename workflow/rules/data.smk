@@ -8,6 +8,8 @@ rule image_cache:
         dataset=as_json(source_params()),
     log:
         IMAGE_CACHE_DIR + "/logs/images_{size}px.log",
+    benchmark:
+        IMAGE_CACHE_DIR + "/benchmarks/images_{size}px.tsv"
     shell:
         "lmdlt cache --dataset {params.dataset:q} --size {wildcards.size} --out {output} > {log} 2>&1"
 
@@ -20,6 +22,8 @@ rule split:
         split=as_json(config["split"]),
     log:
         LOGS + "/seed{seed}/split.log",
+    benchmark:
+        BENCHMARKS + "/seed{seed}/split.tsv"
     shell:
         "lmdlt split --dataset {params.dataset:q} --split {params.split:q} --seed {wildcards.seed}"
         " --out {output} > {log} 2>&1"
