@@ -134,10 +134,6 @@ def sweep_figure(spec: dict, out_png, out_pdf=None) -> None:
         ax.grid(alpha=0.3)
     for ax in axes[panels:]:
         ax.set_visible(False)
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8,
-                   bbox_to_anchor=(0.5, -0.02 - 0.03 * (len(labels) > 4)))
     title = spec.get("title") or (f"{spec['figure'].replace('fig', 'Fig. ')}: test metrics vs "
                                   f"{spec['xlabel']} — {spec['experiment']}, mean ± std over seeds")
     if len(all_x) < 4 and not logx:
@@ -157,10 +153,14 @@ def sweep_figure(spec: dict, out_png, out_pdf=None) -> None:
                 differ.append(f"{s['label']}: {key} " + ", ".join(
                     f"{p['x']:g}: {v}" for p, v in zip(s["points"], vals)))
     bottom = 0.06
-    if differ:
-        fig.text(0.01, 0.005, "Points also differ in " + "; ".join(differ), fontsize=7, ha="left",
-                 va="bottom", wrap=True)
-        bottom = 0.1
+    if differ:  # the note sits under the legend, never behind it
+        fig.text(0.01, -0.06 - 0.03 * (len(axes[0].get_legend_handles_labels()[1]) > 4),
+                 "Points also differ in " + "; ".join(differ), fontsize=7, ha="left", va="bottom",
+                 wrap=True)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8,
+                   bbox_to_anchor=(0.5, -0.02 - 0.03 * (len(labels) > 4)))
     top = 1.0
     if n_values < 2:
         values = ", ".join(f"{x:g}" for x in all_x) or "none"
@@ -220,6 +220,9 @@ def tsne_figures(spec: dict, group_rule: dict, out: dict) -> None:
         with h5py.File(path, "r") as f:
             names = [str(c) for c in f.attrs["class_names"]]
             counts = np.bincount(f["train/labels"][:], minlength=len(names))
+            if f"{spec['split']}/features" not in f:  # ICC predictions written before they kept features
+                raise ValueError(f"{path} holds no {spec['split']}/features (written by an older lmdlt): "
+                                 "re-run it with `snakemake --forcerun train_stage2_encoder`")
             data[path] = (f[f"{spec['split']}/features"][:], f[f"{spec['split']}/labels"][:])
     groups = class_groups(counts, group_rule)
     picks = pick_classes(counts, groups)
