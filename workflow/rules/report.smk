@@ -16,6 +16,8 @@ rule results_table:
         title=config["report"]["title"],
     log:
         f"{LOGS}/results_table.log",
+    benchmark:
+        f"{BENCHMARKS}/report/results_table.tsv"
     localrule: True
     shell:
         "lmdlt report-table --rows {params.rows:q} --metrics {params.metrics:q} --groups {params.groups:q}"
@@ -34,6 +36,8 @@ rule per_class_recall_figure:
         title=config["report"]["title"],
     log:
         f"{LOGS}/per_class_recall_figure.log",
+    benchmark:
+        f"{BENCHMARKS}/report/per_class_recall_figure.tsv"
     localrule: True
     shell:
         "lmdlt report-figure --rows {params.rows:q} --title {params.title:q} --out {output.png}"
@@ -121,6 +125,8 @@ rule paper_table:
         spec=lambda w: as_json(TABLE_SPECS[w.table]),
     log:
         f"{LOGS}/paper_table_{{table}}.log",
+    benchmark:
+        f"{BENCHMARKS}/report/paper_table_{{table}}.tsv"
     localrule: True
     shell:
         "lmdlt report-paper-table --spec {params.spec:q} --out-csv {output.csv} --out-md {output.md}"
@@ -140,6 +146,8 @@ rule combined_table:
         absent=lambda w: " ".join(COMBINED[w.table]["absent"]),
     log:
         f"{LOGS}/combined_table_{{table}}.log",
+    benchmark:
+        f"{BENCHMARKS}/report/combined_table_{{table}}.tsv"
     localrule: True
     shell:
         "lmdlt report-combine {input:q} --label {wildcards.table} --absent {params.absent}"
@@ -159,6 +167,8 @@ rule sweep_figure:
         spec=lambda w: as_json(FIGURE_SPECS[w.figure]),
     log:
         f"{LOGS}/figure_{{figure}}.log",
+    benchmark:
+        f"{BENCHMARKS}/report/figure_{{figure}}.tsv"
     localrule: True
     shell:
         "lmdlt report-sweep-figure --spec {params.spec:q} --out-png {output.png} --out-pdf {output.pdf}"
@@ -180,6 +190,8 @@ rule tsne_figures:
         groups=as_json(config["groups"]),
     log:
         f"{LOGS}/figure_tsne.log",
+    benchmark:
+        f"{BENCHMARKS}/report/figure_tsne.tsv"
     localrule: True
     shell:
         "lmdlt report-tsne --spec {params.spec:q} --groups {params.groups:q} --fig4-png {output.fig4_png}"
@@ -197,6 +209,8 @@ rule class_distribution_figure:
         spec=as_json(FIGURE_SPECS.get("class_distribution")),
     log:
         f"{LOGS}/figure_class_distribution.log",
+    benchmark:
+        f"{BENCHMARKS}/report/figure_class_distribution.tsv"
     localrule: True
     shell:
         "lmdlt report-class-distribution --spec {params.spec:q} --out-png {output.png} --out-pdf {output.pdf}"
