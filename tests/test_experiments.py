@@ -166,3 +166,32 @@ def test_ham10000_split_rule_runs_lesion_grouped(tmp_path, shared_data):
     assert group_overlap(table)["groups_in_several_splits"] == 0
     assert table.groupby("split").size().sum() == 9423
     assert meta["provenance"]["config"]["split"]["grouped"] is True
+
+
+def test_digits_sweeps_overlay_fills_tables_4_5_and_the_sweep_figures():
+    """config.yaml + overlays/lmd-sweeps-digits.yaml (merged as Snakemake merges --configfile):
+    Table 4's lambda_e sweep, all four E/M combinations of Table 5, and several points on each
+    sweep figure (Figs. 3, 6, 7)."""
+    from snakemake.utils import update_config
+
+    from lmdlt.config import validate_config
+    from lmdlt.report.spec import figure_specs, table_specs
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    update_config(cfg, yaml.safe_load((EXPERIMENTS / "overlays" / "lmd-sweeps-digits.yaml").read_text()))
+    cfg = validate_config(cfg)
+    paths = {"stage1_metrics": "r/seed{seed}/stage1/{s1}/metrics.json",
+             "stage2_metrics": "r/seed{seed}/stage2/{s1}/{s2}/metrics.json",
+             "features": "r/seed{seed}/stage1/{s1}/features.h5",
+             "predictions": "r/seed{seed}/stage2/{s1}/{s2}/predictions.h5",
+             "stage2_benchmark": "r/benchmarks/seed{seed}/stage2_{s1}_{s2}.tsv",
+             "split": "r/seed{seed}/split.parquet"}
+    tables, figures = table_specs(cfg, paths), figure_specs(cfg, paths)
+    assert [r["run"] for r in tables["table4"]["rows"]] == [
+        "rrl/icc_le1e-2", "rrl/icc_le1e-3", "rrl/icc", "rrl/icc_le1e-5", "rrl/icc_nofdc"]
+    assert all(r["run"] for r in tables["table5"]["rows"]) and len(tables["table5"]["rows"]) == 4
+    xs = {name: [[p["x"] for p in s["points"]] for s in spec["series"]]
+          for name, spec in figures.items() if "series" in spec}
+    assert xs["fig3"][0] == [10, 100, 1000, 10000]        # R of VFC
+    assert xs["fig6"] == [[1, 3, 5, 20]]                   # J of ICC
+    assert xs["fig7"] == [[0.3, 1.0, 3.0, 10.0]]           # lambda_1 of RRL
