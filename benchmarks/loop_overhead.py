@@ -163,8 +163,9 @@ def step_breakdown(data, min_run_time: float, reps: int) -> list[tuple[str, floa
     cases = [("plain step (forward, CE, backward, SGD)", plain),
              ("+ method registry, LR schedule, after_step, loss read-back", with_method),
              ("+ non-finite guards (loss and gradient norm)", with_guards),
-             ("+ use_deterministic_algorithms(True) (set by setup_torch)", deterministic(with_guards)),
-             ("+ the same with fill_uninitialized_memory = False", deterministic(with_guards, fill=False))]
+             ("+ use_deterministic_algorithms(True), NaN fill on (torch's default)", deterministic(with_guards)),
+             ("+ the same with fill_uninitialized_memory = False (what setup_torch sets)",
+              deterministic(with_guards, fill=False))]
     ratios = {name: [] for name, _ in cases}
     times = {name: [] for name, _ in cases}
     for r in range(reps):

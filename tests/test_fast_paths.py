@@ -128,3 +128,30 @@ def test_loader_options_build_a_working_loader():
     for in_memory in (True, False):
         loader = DataLoader(ds, batch_size=4, **loader_options("cpu", 2, in_memory))
         assert torch.cat([b[0] for b in loader]).sort().values.tolist() == list(range(10))
+
+
+def test_image_cache_folder_is_keyed_by_the_images_not_the_experiment():
+    from lmdlt.data.image_cache import cache_dir_name
+
+    isic = {"name": "isic2019-lt-r100", "source": "isic2019", "root": "/data/isic", "image_size": 224,
+            "options": {"image_dir": "ISIC_2019_Training_Input"}}
+    r300 = {**isic, "name": "isic2019-lt-r300", "image_size": 32}  # another experiment, size in the file name
+    assert cache_dir_name(isic) == cache_dir_name(r300)
+    assert cache_dir_name(isic).startswith("isic2019-")
+    assert cache_dir_name({**isic, "root": "/other/isic"}) != cache_dir_name(isic)
+    assert cache_dir_name({**isic, "options": {"image_dir": "resized"}}) != cache_dir_name(isic)
+
+
+def test_setup_torch_is_deterministic_without_the_nan_fill():
+    import torch.utils.deterministic as det
+
+    from lmdlt.runtime import setup_torch
+
+    before = (torch.are_deterministic_algorithms_enabled(), det.fill_uninitialized_memory)
+    try:
+        setup_torch(0, 1)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert det.fill_uninitialized_memory is False  # the 5% of docs/benchmarks.md, section 3
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        det.fill_uninitialized_memory = before[1]

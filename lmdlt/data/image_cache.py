@@ -19,6 +19,16 @@ from .splits import read_manifest
 BLOCK = 512  # images decoded per batch and per HDF5 chunk (bounded memory for large sources)
 
 
+def cache_dir_name(dataset: dict) -> str:
+    """``<source>-<hash>``: the cache folder of a dataset section, keyed by what identifies the
+    images (source, root, options) and not by the experiment, so experiments on the same images
+    (ISIC-2019-LT at r = 100, 300, 500) share one decode per image size."""
+    from ..io import sha256_json
+
+    key = {"source": dataset["source"], "root": dataset.get("root"), "options": dataset.get("options") or {}}
+    return f"{dataset['source']}-{sha256_json(key)[:10]}"
+
+
 def build_image_cache(source: Source, size: int | None, path, prov: dict) -> int:
     """Decode every image of ``source`` into ``path``; returns the number of images."""
     index = source.index()

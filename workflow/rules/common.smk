@@ -79,16 +79,10 @@ def source_params():
     return {"source": ds["source"], "root": ds["root"], "options": ds["options"]}
 
 
-def image_cache_dir():
-    """results/image_cache/<source>-<hash of source, root and options>/: keyed by what identifies
-    the images, not by the experiment, so experiments on the same images (ISIC-2019-LT at
-    r = 100, 300, 500) share one decode per image size."""
-    from lmdlt.io import sha256_json
+# keyed by the images (source, root, options), shared by experiments: lmdlt.data.image_cache
+from lmdlt.data.image_cache import cache_dir_name
 
-    return f"{config['results_dir']}/image_cache/{config['dataset']['source']}-{sha256_json(source_params())[:10]}"
-
-
-IMAGE_CACHE_DIR = image_cache_dir()
+IMAGE_CACHE_DIR = f"{config['results_dir']}/image_cache/{cache_dir_name(config['dataset'])}"
 IMAGES = f"{IMAGE_CACHE_DIR}/images_{config['dataset']['image_size']}px.h5"
 
 
