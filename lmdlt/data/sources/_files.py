@@ -1,6 +1,7 @@
 """Helpers shared by the file-based sources: paths kept inside the data root, CSV reading with
-clear errors, and JPEG/PNG decoding with PIL (each image decoded and resized exactly once, the
-same way for the image cache and for a fresh decode)."""
+clear errors, and image decoding with PIL (each image decoded and resized exactly once, the
+same way for the image cache and for a fresh decode; ``to_uint8`` holds the rule of every
+pixel mode: 16-bit grey, palette, alpha, CMYK, EXIF orientation...)."""
 from __future__ import annotations
 
 import abc
@@ -11,7 +12,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -84,8 +85,114 @@ def labels_from_names(names: Iterable[str], class_names: Sequence[str], where: s
     return np.asarray(out, dtype=np.int64)
 
 
+class ImageModeError(ValueError):
+    """An image whose pixel mode or values have no defined 8-bit conversion (names the file)."""
+
+
+def _composite_on_black(im: Image.Image) -> Image.Image:
+    """An image with alpha, alpha-composited on black: ``round(c * a / 255)`` per colour band."""
+    target = "LA" if im.mode in ("LA", "La") else "RGBA"
+    arr = np.asarray(im.convert(target), dtype=np.uint16)  # La/RGBa: un-premultiplied first
+    colour, alpha = arr[..., :-1], arr[..., -1:]
+    out = ((colour * alpha + 127) // 255).astype(np.uint8)
+    return Image.fromarray(out[..., 0] if target == "LA" else out, "L" if target == "LA" else "RGB")
+
+
+def _declared_range(im: Image.Image) -> tuple[int, int]:
+    """(bits, largest value) of a 32-bit integer (mode ``I``) image: the TIFF BitsPerSample and
+    SampleFormat tags when the file has them (signed: ``2**(bits-1) - 1``, unsigned:
+    ``2**bits - 1``), else 16 bits (PIL's other ``I`` readers, PGM/PPM and older PNG, hold
+    16-bit data)."""
+    tags = getattr(im, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None
+    fmt = tags.get(339) if tags is not None else None
+    bits, fmt = (v[0] if isinstance(v, tuple) and v else v for v in (bits, fmt))
+    bits = int(bits) if bits else 16
+    return bits, (2 ** (bits - 1) - 1 if fmt == 2 else 2 ** bits - 1)
+
+
+def to_uint8(im: Image.Image, channels: int, where: str) -> Image.Image:
+    """A decoded PIL image as an 8-bit ``L`` (``channels`` 1) or ``RGB`` (``channels`` 3) image:
+    the one place where pixel modes are turned into what the image cache holds.
+
+    EXIF orientation is applied first (``ImageOps.exif_transpose``: the image as viewers show
+    it). Then, per mode PIL opens (``v``: a pixel value; ``a``: alpha):
+
+    =====================  =================================================================
+    mode                   rule
+    =====================  =================================================================
+    ``L``, ``RGB``         unchanged
+    ``1``                  0 -> 0, 1 -> 255
+    ``I;16`` (``I;16L``,   16-bit grey, scaled by its bit depth: ``round(v / 257)``
+    ``I;16B``, ``I;16N``)  (65535 -> 255; never clipped)
+    ``I``                  32-bit integer grey, scaled by the file's bit depth ``b`` (TIFF
+                           BitsPerSample; 16 for other formats, whose ``I`` data is 16-bit):
+                           ``round(v * 255 / top)``, ``top = 2**b - 1`` (signed TIFF:
+                           ``2**(b-1) - 1``); a value below 0 or above ``top`` is an error
+    ``F``                  32-bit float grey: data within [0, 1] -> ``round(v * 255)``; NaN,
+                           infinite or any value outside [0, 1] is an error (no per-image
+                           min-max stretch, which would silently change contrast between
+                           images)
+    ``P`` (palette)        the palette's colours; with transparency (``tRNS``) as ``RGBA``
+    ``LA``, ``La``,        alpha-composited on black: ``round(c * a / 255)`` per colour band
+    ``RGBA``, ``RGBa``,    (fully transparent -> 0, opaque -> unchanged); alpha is not kept
+    ``PA``
+    ``CMYK``               PIL's conversion: ``R = (255 - C) * (255 - K) / 255`` (likewise G, B)
+    ``YCbCr``              PIL's JPEG (ITU-R BT.601 full-range) conversion to RGB
+    ``RGBX``               the padding band dropped
+    16-bit RGB(A)          PIL opens 16-bit RGB(A) PNG/TIFF as 8-bit ``RGB(A)`` from each
+                           value's high byte (``v >> 8``, within 1 of ``round(v / 257)``)
+    anything else          an error naming the file (e.g. ``LAB``, ``HSV``, ``I;16S``)
+    =====================  =================================================================
+
+    Grey results are repeated to 3 bands for ``channels`` 3; colour results become grey for
+    ``channels`` 1 with PIL's ITU-R 601-2 luma (``L = R*299/1000 + G*587/1000 + B*114/1000``).
+    ``where`` (the file) is named in every error.
+    """
+    declared = _declared_range(im) if im.mode == "I" else None  # before the tags are lost
+    im = ImageOps.exif_transpose(im)
+    mode = im.mode
+    if mode in ("L", "RGB"):
+        out = im
+    elif mode in ("1", "CMYK", "YCbCr", "RGBX"):
+        out = im.convert("L" if mode == "1" else "RGB")
+    elif mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        v = np.asarray(im).astype(np.float64)
+        out = Image.fromarray(np.rint(v / 257.0).astype(np.uint8), "L")
+    elif mode == "I":
+        bits, top = declared
+        v = np.asarray(im).astype(np.int64)
+        if v.size and (v.min() < 0 or v.max() > top):
+            raise ImageModeError(f"image file {where}: mode I ({bits}-bit integer) values "
+                                 f"{int(v.min())}..{int(v.max())} are outside 0..{top}; "
+                                 "convert the image to unsigned 8- or 16-bit")
+        out = Image.fromarray(np.rint(v * (255.0 / top)).astype(np.uint8), "L")
+    elif mode == "F":
+        v = np.asarray(im).astype(np.float64)
+        finite = v[np.isfinite(v)]
+        if finite.size < v.size or (v.size and (finite.min() < 0.0 or finite.max() > 1.0)):
+            found = (f"{finite.min():g}..{finite.max():g}" if finite.size else "no finite value")
+            raise ImageModeError(f"image file {where}: mode F (32-bit float) data must lie within "
+                                 f"[0, 1], found {found}"
+                                 f"{' and NaN/inf' if finite.size < v.size else ''}; "
+                                 "rescale it or convert it to 8- or 16-bit integers")
+        out = Image.fromarray(np.rint(v * 255.0).astype(np.uint8), "L")
+    elif mode == "P":
+        out = (_composite_on_black(im.convert("RGBA")) if "transparency" in im.info
+               else im.convert("RGB"))
+    elif mode in ("LA", "La", "RGBA", "RGBa", "PA"):
+        out = _composite_on_black(im.convert("RGBA") if mode == "PA" else im)
+    else:
+        raise ImageModeError(f"image file {where}: pixel mode {mode!r} is not supported (supported: "
+                             "L, RGB, 1, I;16, I, F, P, LA, RGBA, CMYK, YCbCr, RGBX); convert it "
+                             "to RGB or grey")
+    want = "RGB" if channels == 3 else "L"
+    return out if out.mode == want else out.convert(want)
+
+
 def load_image(path: Path, size: int | None, channels: int = 3) -> np.ndarray:
-    """One image as uint8 (H, W, C): decoded with PIL, converted to RGB (or L), squashed to
+    """One image as uint8 (H, W, C): decoded with PIL, EXIF orientation applied, converted to
+    RGB (or L) by ``to_uint8`` (its table: the rule of every pixel mode), squashed to
     ``size`` x ``size`` with an antialiased bilinear filter. The error names the file."""
     mode = "RGB" if channels == 3 else "L"
     if not path.is_file():
@@ -94,10 +201,13 @@ def load_image(path: Path, size: int | None, channels: int = 3) -> np.ndarray:
         with Image.open(path) as im:
             if size is not None and im.format == "JPEG":
                 im.draft(mode, (size, size))  # JPEG DCT scaling: decode at >= size, much faster
-            im = im.convert(mode)
+            im.load()
+            im = to_uint8(im, channels, repr(str(path)))
             if size is not None and im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
+    except ImageModeError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"image file {str(path)!r} is corrupt or not an image ({e})") from None
     return arr[..., None] if arr.ndim == 2 else arr
