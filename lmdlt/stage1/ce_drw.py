@@ -1,0 +1,27 @@
+"""CE-DRW: cross-entropy with deferred re-weighting (Cao et al., NeurIPS 2019, the "CE + DRW"
+baseline of LDAM-DRW): plain CE until epoch floor(``drw_start`` * epochs) (0-based), then CE
+weighted by the effective-number class weights w_k = (1 - beta) / (1 - beta^{n_k}),
+normalised to sum to K (Cui et al. 2019), beta = ``drw_beta``.
+
+Reference (github.com/kaidic/LDAM-DRW, commit 2536330), ``cifar_train.py``:
+``--loss_type CE --train_rule DRW`` -> ``nn.CrossEntropyLoss(weight=per_cls_weights)``
+(l.210-211) with the DRW weights of l.199-206 (``idx = epoch // 160`` of 200 epochs, l.43;
+betas [0, 0.9999]). Defaults: drw_start 0.8 (= 160 / 200), drw_beta 0.9999. The DRW logic is
+``ldam.DeferredReweighting`` (shared with ``ldam``).
+Departures: as ``ldam``'s (the trainer's cosine schedule instead of the reference's warm-up and
+step decay at the DRW epoch; best-validation selection may keep a pre-DRW epoch)."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from .base import Stage1Method, register
+from .ldam import DRW_PARAMS, DeferredReweighting
+
+
+@register("ce_drw")
+class CrossEntropyDRW(DeferredReweighting, Stage1Method):
+    params = dict(DRW_PARAMS)
+
+    def loss(self, net, x, y, epoch):
+        w = self.drw_weight(epoch)
+        return {"ce": F.cross_entropy(net(x), y, weight=None if w is None else w.to(x.device))}
