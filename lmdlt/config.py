@@ -110,6 +110,7 @@ def validate_config(config: dict, schema_path: str | Path = DEFAULT_SCHEMA) -> d
                               f"(known: {', '.join(available_encoders())})")
         _check_sampler(variant["sampler"], f"{key}.sampler", available_samplers())
 
+    resolve_inheritance(config["stage2"], get_stage2)
     for name, variant in config["stage2"].items():
         key = f"stage2.{name}"
         method = _lookup(get_stage2, variant["method"], f"{key}.method")
@@ -121,6 +122,38 @@ def validate_config(config: dict, schema_path: str | Path = DEFAULT_SCHEMA) -> d
         if "sampler" in variant["params"]:
             _check_sampler(variant["params"]["sampler"], f"{key}.params.sampler", available_samplers())
     return config
+
+
+def resolve_inheritance(variants: dict, get_method) -> None:
+    """Resolve ``inherit: <variant>`` in place: the variant's params become its parent's
+    (resolved first, along chains) restricted to the keys its own method takes, updated with its
+    own params. An ablation row thereby shares every setting of its reference row except the one
+    it names (e.g. ``icc_nofdc: {method: icc, inherit: icc, params: {lambda_e: 0}}``); what the
+    rule receives is the resolved params, so a change to the parent re-runs its children too."""
+    done: set[str] = set()
+
+    def resolve(name: str, chain: tuple[str, ...]) -> None:
+        variant = variants[name]
+        parent = variant.get("inherit")
+        if parent is None or name in done:
+            done.add(name)
+            return
+        key = f"stage2.{name}.inherit"
+        if parent not in variants:
+            raise ConfigError(f"{key}: no stage-2 variant named {parent!r} "
+                              f"(defined: {', '.join(variants)})")
+        if parent in chain:
+            raise ConfigError(f"{key}: inheritance cycle {' -> '.join(chain + (parent,))}")
+        resolve(parent, chain + (parent,))
+        method = _lookup(get_method, variant["method"], f"stage2.{name}.method")
+        own = variant.get("params") or {}
+        inherited = {k: copy.deepcopy(v) for k, v in (variants[parent].get("params") or {}).items()
+                     if k in method.params}
+        variant["params"] = {**inherited, **own}
+        done.add(name)
+
+    for name in variants:
+        resolve(name, (name,))
 
 
 def validate_variant(stage: str, variant: dict, schema_path: str | Path = DEFAULT_SCHEMA) -> dict:

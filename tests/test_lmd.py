@@ -261,8 +261,8 @@ def test_icc_runs_and_reinitialises_or_keeps_classifier(monkeypatch):
         g = torch.Generator().manual_seed(0)
         created.clear()
         m.fit_encoder(_tiny_net(k), images, g, torch.device("cpu"))
-        # per_iteration: a fresh classifier in each of the 2 M-steps (the paper's Algorithm);
-        # once: created in the first and trained on in the second (reference code)
+        # per_iteration: a fresh classifier in each of the 2 M-steps (a named option);
+        # once: created in the first and trained on in the second (Algorithm 1, reference code)
         assert len(created) == (2 if init == "per_iteration" else 1)
         assert len({id(layer) for layer in created}) == len(created)
         assert len(m.history) == 2 and all(r["seconds"] > 0 for r in m.history)

@@ -399,6 +399,7 @@ def digits(tmp_path_factory):
 
 VARIANTS = {name: {"method": name} for name in available_methods()}
 VARIANTS["iccl"]["params"] = {"warmup_epochs": 1}            # both phases in 2 epochs
+VARIANTS["rrl"]["params"] = {"consistency_start_epoch": 1}  # warm-up and RRL in 2 epochs
 VARIANTS["ce_progressive"] = {"method": "ce", "sampler": "progressive"}
 VARIANTS["ldam_rs"] = {"method": "ldam", "sampler": "class_balanced", "params": {"drw_start": None}}
 

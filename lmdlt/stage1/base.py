@@ -69,6 +69,21 @@ class Stage1Method(abc.ABC):
         self.epochs = epochs
         self.steps_per_epoch = steps_per_epoch
 
+    def selectable(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (0-based) may be kept by ``select: best_val``: False for the
+        epochs before the method is itself (RRL's CE warm-up, a DRW method before its switch)."""
+        return True
+
+    def lr_lambda(self, total_steps: int) -> Callable[[int], float] | None:
+        """The method's own learning-rate factor per optimiser step (e.g. LDAM-DRW's linear
+        warm-up and step decay at the DRW epoch), overriding the variant's ``lr_schedule``;
+        None (default) keeps the variant's schedule."""
+        return None
+
+    def on_epoch_end(self, net: nn.Module, train_images, device) -> None:
+        """Hook after an epoch's last step, before validation (default: nothing); receives the
+        training images (uint8 NHWC, un-augmented)."""
+
     def train_sampler(self) -> dict | None:
         """The sampler this method is defined by, as ``{"name": ..., **options}`` (e.g. RS:
         class-balanced); None leaves the variant's ``sampler`` in force."""

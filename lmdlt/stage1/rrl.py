@@ -9,24 +9,53 @@ initialised as a copy of it) a weakly augmented view x_w of the same image:
 * L_channel: Gram matrices z^T z (C x C).
 * L_prob: KL(teacher || student) of the class distributions, summed, divided by B.
 
-Options (defaults: the paper where it is explicit, the reference code where the paper is not):
+Defaults and their sources (paper: ../shared/papers LMD, Sec. 3.1 and Eqs. 1-5; reference:
+peterlipan/LMD ``utils/train.py``, ``data/transforms.py``, ``config/*.yaml``):
 
-* ``ce_view``: ``weak`` — the paper (L_CE on f.g(x_w), an extra student pass on the weak view);
-  ``strong`` — the reference code (CE on the student's strong-view output).
-* ``gram``: ``reference`` — each Gram row L2-normalised, sum of squared differences / B for
-  both terms (the reference code; the paper's Eqs. 4-5 print no reduction to a scalar);
-  ``paper`` — raw Gram matrices, sum of squared differences / B (sample) and / C (channel).
-* ``consistency_start_epoch``: the consistency terms are on from this (0-based) epoch; the
-  reference code's ``epoch > 20`` is 21. Before it only L_CE trains (warm-up).
-* ``ema_decay``: teacher decay min(1 - 1/(step + 1), ema_decay), step counted from 0.
-* ``teacher_bn``: ``batch`` — the teacher's BatchNorm uses batch statistics (the reference
-  code never puts its teacher in eval mode); ``running`` — eval mode with the student's
-  running statistics copied at every step.
+* ``lambda_1`` 10 and ``prob_weight`` 0.5: the paper (Eq. 5 and the text below it). The
+  reference weighs the terms separately (CE 1, prob 5, sample 10, channel 10), which is the same.
+* ``ce_view: weak``: the paper (L_CE on f.g(x_w)); ``strong`` is the reference (CE on the
+  student's only pass, on x_s, ``utils/train.py``).
+* ``gram: reference``: each Gram row L2-normalised, sum of squared differences / B for both
+  terms (``utils/loss.py`` BatchLoss/ChannelLoss); ``paper``: raw Gram, / B and / C.
+* ``consistency_start_epoch`` 21: the reference's ``if epoch > 20`` (0-based); before it only
+  L_CE trains (warm-up), and ``select: best_val`` never keeps such an epoch (``selectable``):
+  a warm-up epoch is a CE model, not RRL. No epoch after the warm-up is an error.
+* ``ema_decay`` 0.999: the reference's ``min(1 - 1/(step + 1), ema_decay)``; the EMA covers
+  parameters only (``update_ema_variables``).
+* ``teacher_bn: batch``: the reference never puts its teacher in eval mode, so its BatchNorm uses
+  batch statistics; ``running``: eval mode with the student's running statistics copied each step.
+* ``bn_stats`` (where the student's BatchNorm running statistics come from; the evaluated and
+  saved model uses them). The reference's student runs once per step, on x_s: its statistics come
+  from one (strong) distribution. With ``ce_view: weak`` the student runs twice (x_s, then x_w),
+  and letting both passes update the statistics mixes two distributions; strong views with
+  black borders and dropped grid cells shift them far from clean images (measured on HAM10000
+  at 16 px: stem running variance 2.5x its clean value, validation collapsing to the head
+  class). ``weak_pass`` (default): the strong pass runs with BatchNorm momentum 0 (batch
+  statistics in the forward pass, running statistics untouched), so they come from x_w only;
+  ``recalibrate``: after every epoch, before validation, the running statistics are
+  re-estimated on the clean training images (``torch.optim.swa_utils.update_bn``, no weight
+  change); ``all``: every train-mode pass updates them (the earlier behaviour). Measured side by
+  side in docs/lmd.md.
+
+Augmentations (on uint8 CHW, torchvision v2), reference ``data/transforms.py``:
+
+* weak: horizontal and vertical flip, p 0.5 each (``flip``, ``vflip``).
+* strong: the same flips; blur p 0.5 (reference: one of motion/median/box blur; here a 3x3
+  Gaussian, a named departure); ShiftScaleRotate p 0.5 with rotation +-45 deg, shift 0.0625,
+  scale 0.2 and a *reflected* border (``affine_p``, ``rotation_degrees``, ``translate``,
+  ``scale``, ``border: reflect``; ``constant`` fills black, a departure); RGB shift +-15 p 0.5
+  (``rgb_shift``), brightness/contrast +-0.2 p 0.5 (``jitter``, ``jitter_p``; saturation and
+  hue 0 as in the reference); grid dropout p 0.2 with albumentations' default grid (unit
+  ``max(2, side // 10)``, holes half a unit: ``grid_dropout_*``). The reference's
+  one-of(grid/elastic/optical distortion) at p 0.7 is a departure: off by default
+  (``distortion_p``: torchvision's ElasticTransform when > 0).
 
 Only the student is saved: the trainer checkpoints ``net``; the teacher lives here.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -92,12 +121,13 @@ def ema_update_(teacher: nn.Module, student: nn.Module, decay: float, step: int,
 # --- augmentations ------------------------------------------------------------------------
 
 class GridDropout(nn.Module):
-    """Zero a regular grid of square holes (albumentations' GridDropout idea) on a CHW tensor:
-    a grid unit of a random size in [unit_min, unit_max] (fractions of the side) and a random
-    offset; in every unit a hole of side ``ratio * unit`` is dropped. Applied with probability p."""
+    """Zero a regular grid of square holes (albumentations' GridDropout) on a CHW tensor, with
+    probability p. Grid unit: ``unit_min``..``unit_max`` (fractions of the side, drawn per
+    image), or albumentations' default ``max(2, side // 10)`` pixels when both are None; in every
+    unit a hole of side ``ratio * unit`` at a random offset."""
 
-    def __init__(self, ratio: float = 0.5, unit_min: float = 0.2, unit_max: float = 0.5,
-                 p: float = 0.5) -> None:
+    def __init__(self, ratio: float = 0.5, unit_min: float | None = None,
+                 unit_max: float | None = None, p: float = 0.2) -> None:
         super().__init__()
         self.ratio, self.unit_min, self.unit_max, self.p = ratio, unit_min, unit_max, p
 
@@ -106,9 +136,12 @@ class GridDropout(nn.Module):
             return img
         h, w = img.shape[-2:]
         side = min(h, w)
-        lo = max(2, int(round(self.unit_min * side)))
-        hi = max(lo, int(round(self.unit_max * side)))
-        unit = int(torch.randint(lo, hi + 1, ()))
+        if self.unit_min is None and self.unit_max is None:
+            unit = max(2, side // 10)
+        else:
+            lo = max(2, int(round((self.unit_min or self.unit_max) * side)))
+            hi = max(lo, int(round((self.unit_max or self.unit_min) * side)))
+            unit = int(torch.randint(lo, hi + 1, ()))
         hole = max(1, int(round(self.ratio * unit)))
         oy, ox = (int(v) for v in torch.randint(0, unit, (2,)))
         mask = torch.ones(h, w, dtype=torch.bool)
@@ -118,13 +151,51 @@ class GridDropout(nn.Module):
         return img * mask.to(img.dtype)
 
 
-class _ColorJitterAnyChannels(nn.Module):
-    """Colour jitter; saturation and hue only for 3-channel images (undefined for grey)."""
+class ShiftScaleRotate(nn.Module):
+    """albumentations' ShiftScaleRotate on a CHW tensor: rotation in +-``degrees``, shift up to
+    ``translate`` of the side, scale in [1 - scale, 1 + scale]. ``border: reflect`` (the
+    reference's default, cv2.BORDER_REFLECT_101): the image is reflect-padded by half its side,
+    transformed, and cropped back, so no black corners appear; ``constant``: filled with 0."""
 
-    def __init__(self, strength: float, hue: float) -> None:
+    def __init__(self, degrees: float, translate: float, scale: float, border: str = "reflect") -> None:
+        super().__init__()
+        if border not in ("reflect", "constant"):
+            raise ValueError(f"border: unknown mode {border!r} (reflect, constant)")
+        self.border = border
+        self.affine = v2.RandomAffine(degrees=degrees, translate=(translate, translate),
+                                      scale=(max(1.0 - scale, 1e-3), 1.0 + scale))
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        if self.border == "constant":
+            return self.affine(img)
+        h, w = img.shape[-2:]
+        ph, pw = max(1, (h - 1) // 2), max(1, (w - 1) // 2)  # reflect padding must be < side
+        padded = F.pad(img.unsqueeze(0).float(), (pw, pw, ph, ph), mode="reflect").squeeze(0)
+        out = self.affine(padded)[..., ph:ph + h, pw:pw + w]
+        return out.round().clamp_(0, 255).to(img.dtype)
+
+
+class RGBShift(nn.Module):
+    """albumentations' RGBShift: an independent uniform shift in +-``limit`` (0-255 scale) per
+    channel (one shift for a grey image)."""
+
+    def __init__(self, limit: float) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        shift = (torch.rand(img.shape[-3], 1, 1) * 2 - 1) * self.limit
+        return (img.float() + shift).round().clamp_(0, 255).to(img.dtype)
+
+
+class _ColorJitterAnyChannels(nn.Module):
+    """Brightness/contrast jitter; saturation and hue only for 3-channel images (undefined for
+    grey) and only when non-zero."""
+
+    def __init__(self, strength: float, saturation: float, hue: float) -> None:
         super().__init__()
         self.grey = v2.ColorJitter(brightness=strength, contrast=strength)
-        self.rgb = v2.ColorJitter(brightness=strength, contrast=strength, saturation=strength, hue=hue)
+        self.rgb = v2.ColorJitter(brightness=strength, contrast=strength, saturation=saturation, hue=hue)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         return self.rgb(img) if img.shape[-3] == 3 else self.grey(img)
@@ -140,6 +211,33 @@ class TwoViews:
         return self.strong(img), self.weak(img)
 
 
+@contextlib.contextmanager
+def frozen_bn_statistics(net: nn.Module):
+    """BatchNorm layers of ``net`` normalise with batch statistics but leave their running
+    statistics untouched (momentum 0) inside the block; restored afterwards."""
+    saved = [(m, m.momentum) for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    try:
+        for m, _ in saved:
+            m.momentum = 0.0
+        yield
+    finally:
+        for m, mom in saved:
+            m.momentum = mom
+
+
+@torch.no_grad()
+def recalibrate_bn(net: nn.Module, images_nhwc, device, batch_size: int = 256) -> None:
+    """Re-estimate every BatchNorm's running statistics on clean (un-augmented) images, as a
+    cumulative average over one pass (``torch.optim.swa_utils.update_bn``); weights unchanged."""
+    from torch.optim.swa_utils import update_bn
+
+    x = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2)
+    batches = [x[s:s + batch_size].to(device) for s in range(0, len(x), batch_size)]
+    was_training = net.training
+    update_bn(batches, net)
+    net.train(was_training)
+
+
 @register("rrl")
 class RelationAwareRepresentation(Stage1Method):
     params = {
@@ -147,27 +245,56 @@ class RelationAwareRepresentation(Stage1Method):
                      "description": "weight of the consistency terms (paper 10)"},
         "prob_weight": {"type": "number", "minimum": 0, "default": 0.5,
                         "description": "weight of L_prob inside the bracket (paper 1/2)"},
-        "ce_weight": {"type": "number", "minimum": 0, "default": 1.0},
+        "ce_weight": {"type": "number", "minimum": 0, "default": 1.0,
+                      "description": "weight of L_CE (paper and reference 1)"},
         "ce_view": {"enum": ["weak", "strong"], "default": "weak",
                     "description": "weak: paper (student on x_w); strong: reference code"},
         "gram": {"enum": ["reference", "paper"], "default": "reference",
                  "description": "reference: row-L2-normalised Gram, /B; paper: raw Gram, /B and /C"},
         "consistency_start_epoch": {"type": "integer", "minimum": 0, "default": 21,
                                     "description": "0-based epoch the consistency terms start (reference: epoch > 20)"},
-        "ema_decay": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.999},
-        "teacher_bn": {"enum": ["batch", "running"], "default": "batch"},
+        "ema_decay": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.999,
+                      "description": "teacher EMA decay cap (reference 0.999)"},
+        "teacher_bn": {"enum": ["batch", "running"], "default": "batch",
+                       "description": "batch: reference (teacher BatchNorm on batch statistics); running: eval mode"},
+        "bn_stats": {"enum": ["weak_pass", "recalibrate", "all"], "default": "weak_pass",
+                     "description": "student running statistics: weak view only, re-estimated on clean "
+                                    "images each epoch, or every pass (see the module docstring)"},
         "flip": {"type": "boolean", "default": True,
-                 "description": "random horizontal flip in both views (paper: flip in strong and weak)"},
-        "rotation_degrees": {"type": "number", "minimum": 0, "default": 30.0},
-        "blur_p": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5},
+                 "description": "random horizontal flip in both views (reference p 0.5)"},
+        "vflip": {"type": "boolean", "default": True,
+                  "description": "random vertical flip in both views (reference p 0.5)"},
+        "blur_p": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5,
+                   "description": "reference: one-of blur at p 0.5"},
         "blur_sigma": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0},
                        "minItems": 2, "maxItems": 2, "default": [0.1, 1.0]},
-        "jitter": {"type": "number", "minimum": 0, "default": 0.4,
-                   "description": "colour jitter strength (brightness, contrast; saturation for RGB)"},
-        "jitter_p": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.8},
-        "hue": {"type": "number", "minimum": 0, "maximum": 0.5, "default": 0.1},
-        "grid_dropout_p": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5},
-        "grid_dropout_ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.5},
+        "affine_p": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5,
+                     "description": "ShiftScaleRotate probability (reference 0.5)"},
+        "rotation_degrees": {"type": "number", "minimum": 0, "default": 45.0,
+                             "description": "reference rotate_limit 45"},
+        "translate": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.0625,
+                      "description": "reference shift_limit 0.0625"},
+        "scale": {"type": "number", "minimum": 0, "maximum": 0.99, "default": 0.2,
+                  "description": "reference scale_limit 0.2"},
+        "border": {"enum": ["reflect", "constant"], "default": "reflect",
+                   "description": "reflect: reference (BORDER_REFLECT_101); constant: black fill"},
+        "distortion_p": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.0,
+                         "description": "elastic distortion probability (reference: one-of distortions at 0.7; off here)"},
+        "rgb_shift": {"type": "number", "minimum": 0, "default": 15.0,
+                      "description": "per-channel shift limit on 0-255 (reference 15)"},
+        "rgb_shift_p": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5},
+        "jitter": {"type": "number", "minimum": 0, "default": 0.2,
+                   "description": "brightness/contrast limit (reference RandomBrightnessContrast 0.2)"},
+        "jitter_p": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5},
+        "saturation": {"type": "number", "minimum": 0, "default": 0.0},
+        "hue": {"type": "number", "minimum": 0, "maximum": 0.5, "default": 0.0},
+        "grid_dropout_p": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.2,
+                           "description": "reference GridDropout p 0.2"},
+        "grid_dropout_ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.5,
+                               "description": "hole side / grid unit (albumentations default 0.5)"},
+        "grid_dropout_unit": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1,
+                              "default": None,
+                              "description": "grid unit as a fraction of the side; null: max(2, side // 10) px"},
     }
 
     def __init__(self, params, class_counts):
@@ -175,17 +302,40 @@ class RelationAwareRepresentation(Stage1Method):
         self.teacher: nn.Module | None = None
         self.steps = 0
         self._pending_teacher_state: dict | None = None
+        if self.p["bn_stats"] == "weak_pass" and self.p["ce_view"] == "strong":
+            raise ValueError("rrl: bn_stats weak_pass needs ce_view weak (with ce_view strong the "
+                             "student has no weak-view pass); use bn_stats recalibrate or all")
+
+    def on_train_start(self, net, epochs, steps_per_epoch):
+        super().on_train_start(net, epochs, steps_per_epoch)
+        if self.p["lambda_1"] > 0 and epochs <= self.p["consistency_start_epoch"]:
+            raise ValueError(
+                f"rrl: epochs ({epochs}) <= consistency_start_epoch "
+                f"({self.p['consistency_start_epoch']}): no epoch would train the consistency "
+                "terms, so the model would be plain CE; lower consistency_start_epoch or train longer")
+
+    def selectable(self, epoch):
+        return self.p["lambda_1"] == 0 or epoch >= self.p["consistency_start_epoch"]
+
+    def on_epoch_end(self, net, train_images, device):
+        if self.p["bn_stats"] == "recalibrate":
+            recalibrate_bn(net, train_images, device)
 
     def train_transform(self, augment, size):
+        p = self.p
         base = train_transform(augment, size)
-        flip = [v2.RandomHorizontalFlip()] if self.p["flip"] else []
-        weak = v2.Compose([base, *flip])
+        flips = ([v2.RandomHorizontalFlip()] if p["flip"] else []) + ([v2.RandomVerticalFlip()] if p["vflip"] else [])
+        weak = v2.Compose([base, *flips])
+        unit = p["grid_dropout_unit"]
         strong = v2.Compose([
-            base, *flip,
-            v2.RandomApply([v2.GaussianBlur(3, sigma=tuple(self.p["blur_sigma"]))], p=self.p["blur_p"]),
-            v2.RandomRotation(self.p["rotation_degrees"]),
-            v2.RandomApply([_ColorJitterAnyChannels(self.p["jitter"], self.p["hue"])], p=self.p["jitter_p"]),
-            GridDropout(self.p["grid_dropout_ratio"], p=self.p["grid_dropout_p"]),
+            base, *flips,
+            v2.RandomApply([v2.GaussianBlur(3, sigma=tuple(p["blur_sigma"]))], p=p["blur_p"]),
+            v2.RandomApply([ShiftScaleRotate(p["rotation_degrees"], p["translate"], p["scale"],
+                                             p["border"])], p=p["affine_p"]),
+            v2.RandomApply([v2.ElasticTransform()], p=p["distortion_p"]),
+            v2.RandomApply([RGBShift(p["rgb_shift"])], p=p["rgb_shift_p"]),
+            v2.RandomApply([_ColorJitterAnyChannels(p["jitter"], p["saturation"], p["hue"])], p=p["jitter_p"]),
+            GridDropout(p["grid_dropout_ratio"], unit, unit, p=p["grid_dropout_p"]),
         ])
         return TwoViews(strong, weak)
 
@@ -214,23 +364,27 @@ class RelationAwareRepresentation(Stage1Method):
         if not isinstance(x, (tuple, list)) or len(x) != 2:
             raise ValueError("rrl expects (strong, weak) views from its train_transform")
         xs, xw = x
+        p = self.p
         teacher = self._teacher(net)
-        consistency = epoch >= self.p["consistency_start_epoch"] and self.p["lambda_1"] > 0
+        consistency = epoch >= p["consistency_start_epoch"] and p["lambda_1"] > 0
         z_s = logits_s = None
-        if consistency or self.p["ce_view"] == "strong":  # no strong pass when nothing uses it
-            z_s = net.features(xs)
+        if consistency or p["ce_view"] == "strong":  # no strong pass when nothing uses it
+            # weak_pass: the strong view must not move the running statistics (module docstring)
+            frozen = p["bn_stats"] == "weak_pass"
+            with frozen_bn_statistics(net) if frozen else contextlib.nullcontext():
+                z_s = net.features(xs)
             logits_s = net.classifier(z_s)
-        logits_ce = logits_s if self.p["ce_view"] == "strong" else net(xw)
-        terms = {"ce": self.p["ce_weight"] * F.cross_entropy(logits_ce, y)}
+        logits_ce = logits_s if p["ce_view"] == "strong" else net(xw)
+        terms = {"ce": p["ce_weight"] * F.cross_entropy(logits_ce, y)}
         if consistency:
-            teacher.train(self.p["teacher_bn"] == "batch")
+            teacher.train(p["teacher_bn"] == "batch")
             with torch.no_grad():
                 z_t = teacher.features(xw)
                 logits_t = teacher.classifier(z_t)
-            lam = self.p["lambda_1"]
-            terms["sample"] = lam * sample_loss(z_s, z_t, self.p["gram"])
-            terms["channel"] = lam * channel_loss(z_s, z_t, self.p["gram"])
-            terms["prob"] = lam * self.p["prob_weight"] * prob_loss(logits_s, logits_t)
+            lam = p["lambda_1"]
+            terms["sample"] = lam * sample_loss(z_s, z_t, p["gram"])
+            terms["channel"] = lam * channel_loss(z_s, z_t, p["gram"])
+            terms["prob"] = lam * p["prob_weight"] * prob_loss(logits_s, logits_t)
         return terms
 
     def after_step(self, net):

@@ -141,6 +141,20 @@ def _loader(dataset, labels, spec: dict, cfg: dict, gen, ddp=SINGLE_PROCESS,
                       drop_last=len(labels) > cfg["batch_size"], **(workers or {}))
 
 
+def lr_scheduler(opt, schedule: str, steps: int, method) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step learning-rate schedule: ``cosine`` (to 0 over the run), ``constant`` (the LMD
+    reference's stage 1: SGD at a fixed lr, stage1.py / utils/train.py), or the method's own
+    (``method.lr_lambda``, e.g. LDAM-DRW's warm-up and step decay) when it defines one."""
+    own = method.lr_lambda(steps)
+    if own is not None:
+        return torch.optim.lr_scheduler.LambdaLR(opt, own)
+    if schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    raise ValueError(f"stage1.lr_schedule: unknown schedule {schedule!r} (cosine, constant)")
+
+
 def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
                  threads: int | None = None, device: str = "auto", precision: str = "auto",
                  channels_last: str = "auto") -> dict:
@@ -190,8 +204,7 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
     params = list(net.parameters()) + list(extra.parameters())
     opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"],
                           weight_decay=cfg["weight_decay"])
-    steps = cfg["epochs"] * len(loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    sched = lr_scheduler(opt, cfg.get("lr_schedule", "cosine"), cfg["epochs"] * len(loader), method)
 
     named_params = ([(n, q) for n, q in net.named_parameters()]
                     + [(f"method.{n}", q) for n, q in extra.named_parameters()])
@@ -245,6 +258,7 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
             seen += len(y)
             step_losses.append(loss.detach())
         sums, seen, step_losses = ddp.reduce_epoch(sums, seen, step_losses)  # over all ranks
+        method.on_epoch_end(net, x_tr, dev)  # e.g. RRL re-estimating BatchNorm on clean images
         if not ddp.is_main:
             continue  # the weights are the same on every rank: rank 0 validates, selects, saves
         with autocast(dev, prec):
@@ -258,7 +272,8 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
         terms_txt = " ".join(f"{n} {v:.4f}" for n, v in means.items())
         log.info("epoch %d/%d loss %.4f (%s) val_bacc %.4f lr %.4g %.1fs", epoch + 1, cfg["epochs"],
                  row["loss"], terms_txt, val_bacc, row["lr"], row["seconds"])
-        if cfg["select"] == "last" or val_bacc > best["val_bacc"]:
+        # best_val only among the epochs the method counts as itself (e.g. RRL after its warm-up)
+        if cfg["select"] == "last" or (method.selectable(epoch) and val_bacc > best["val_bacc"]):
             best = {"epoch": epoch + 1, "val_bacc": val_bacc,
                     "state": copy.deepcopy({k_: v.cpu() for k_, v in net.state_dict().items()})}
         resume.save({"epoch": epoch + 1, "net": net.state_dict(), "extra": extra.state_dict(),

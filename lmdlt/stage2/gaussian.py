@@ -209,15 +209,34 @@ def psi_phi(x: torch.Tensor, y: torch.Tensor, mu: torch.Tensor, chol: torch.Tens
     return psi, phi
 
 
-def fdc_loss(x, y, mu, chol, sign: str = "paper") -> torch.Tensor:
+def fdc_loss(x, y, mu, chol, sign: str = "paper", reference_dim: int | None = None,
+             floor: float | None = None) -> torch.Tensor:
     """The FDC regulariser: ``paper`` Psi - Phi (Eq. 12: pulls a feature toward its own class
-    mean); ``reference`` Phi - Psi (the sign the reference code's function returns)."""
+    mean); ``reference`` Phi - Psi (the sign the reference code's function returns).
+
+    Beyond the paper (both off by default, i.e. the paper's form):
+
+    * ``reference_dim``: squared Mahalanobis distances grow with the feature dimension C (about
+      C for a feature of its own class), so lambda_e = 1e-4, set for C = 512, makes the term
+      negligible at C = 32. With ``reference_dim`` the term is multiplied by reference_dim / C:
+      lambda_e keeps the weight it has at C = reference_dim.
+    * ``floor``: Psi - Phi has no lower bound (Phi grows without limit as class means separate);
+      the term is ``max(term, -floor * C)``, so it stops pushing once the mean repulsion exceeds
+      the attraction by ``floor`` per dimension (no gradient below the floor).
+    """
     psi, phi = psi_phi(x, y, mu, chol)
     if sign == "paper":
-        return psi - phi
-    if sign == "reference":
-        return phi - psi
-    raise ValueError(f"fdc_sign: unknown sign {sign!r} (paper, reference)")
+        term = psi - phi
+    elif sign == "reference":
+        term = phi - psi
+    else:
+        raise ValueError(f"fdc_sign: unknown sign {sign!r} (paper, reference)")
+    c = x.shape[1]
+    if floor is not None:
+        term = torch.clamp(term, min=-floor * c)
+    if reference_dim is not None:
+        term = term * (reference_dim / c)
+    return term
 
 
 def generalized_ce(logits: torch.Tensor, y: torch.Tensor, q: float = 0.7) -> torch.Tensor:

@@ -1,31 +1,50 @@
 """LMD's Iterative Classifier Calibration (ICC): J iterations of an M-step and an E-step.
 
-Iteration j (Algorithm 1 of the paper):
+Iteration j (Algorithm 1 of the paper, ../shared/papers LMD):
 
 * **M-step** — the encoder is frozen; the training images' features are (re-)extracted with the
-  current encoder g^j, the per-class Gaussians are estimated under ``m_sampler``
+  current encoder g^(j-1), the per-class Gaussians are estimated under ``m_sampler``
   (class-balanced in the paper, Eq. 7) and folded into an EMA across iterations, R virtual
   features per class are drawn (VFC) and the linear classifier f^j is trained on them with CE
   (``lmdlt.stage2.vfc.MStep``; ``features: real`` and ``mode: implicit`` as there).
-* **E-step** — the classifier is frozen; the encoder is fine-tuned on the real training images
-  (``e_sampler``: instance-balanced in the paper) with ``lambda_e * (Psi - Phi) + CE`` (FDC,
-  Eq. 12), Psi/Phi squared Mahalanobis distances with the inverse of the EMA covariance.
+* **E-step** — the classifier is frozen; the encoder g^j is fine-tuned on the real training
+  images (``e_sampler``: instance-balanced in the paper) with ``lambda_e * (Psi - Phi) + CE``
+  (FDC, Eq. 12), Psi/Phi squared Mahalanobis distances with the inverse of the EMA covariance.
 
-Prediction is f^J . g^J (the last classifier on the last encoder), or, with
-``select: best_val``, the iteration whose f^j . g^(j+1) has the best validation balanced
-accuracy (the test split is never seen).
+Defaults, and where each comes from (reference: peterlipan/LMD ``stage2.py``):
 
-Reference-code behaviours, each a named option (defaults follow the paper):
+* ``classifier_init: once`` — Algorithm 1 initialises f^0 once and updates f^j; the reference
+  creates ``classifier_model`` once, before its loop. ``per_iteration`` (a fresh classifier and
+  optimiser in every M-step) is a named option.
+* constant learning rates (``lr_milestones: []``) — the reference builds a MultiStepLR
+  (milestones 50/100/150) for both optimisers but never calls its ``step()``, so its rates are
+  constant; the paper states lr 1e-5 (classifier) and 1e-6 (encoder) and no schedule. A decay
+  stays available: ``lr_milestones`` / ``lr_gamma`` multiply both rates at those iterations.
+* ``virtual_stats: ema`` — the paper (Sec. 3.2: "the estimated mean and covariance are updated
+  using the exponential moving average ... with the unbiased mean and covariance ... we generate
+  ... virtual features"); ``current``: the reference, whose ``virtual_representations`` draws
+  from this iteration's estimate and uses the EMA only in FDC.
+* ``eval_features: post_e_step`` — an iteration is scored as f^j . g^j (the classifier on the
+  encoder fine-tuned against it), and the prediction is f^J . g^J as Algorithm 1 outputs;
+  ``pre_e_step``: the reference, which scores f^j on features extracted before E-step j (the
+  kept encoder is then the pre-E-step one, so the predictions are exactly what was scored).
+* ``select: best_val`` — ours: the iteration with the best validation balanced accuracy (the
+  test split is never seen); ``last``: the reference and Algorithm 1 (the final iteration).
+* ``e_sampler: instance`` (paper), E-step batch 352, ``iterations`` 200, ``lambda_e`` 1e-4,
+  e_lr 1e-6, momentum 0.9 and weight decay 1e-4 on both optimisers: the paper / the reference.
+  The E-step sees un-augmented images, as in the reference (``transforms.test_transform``).
+
+Reference-code departures, each a named option (defaults follow the paper):
 
 * ``e_label_grad: no_grad`` — the E-step's classifier output is computed under no_grad, so the
   label loss never reaches the encoder (only FDC, and BatchNorm statistics, change it).
 * ``fdc_sign: reference`` — the regulariser is Phi - Psi (the reference function's sign).
 * ``e_label_loss: gce`` — generalised cross-entropy with ``gce_q`` (0.7) instead of CE.
-* ``classifier_init: once`` — the classifier is created once, not re-initialised per iteration
-  (its optimiser state then carries over too).
+* ``virtual_stats: current``, ``eval_features: pre_e_step``, ``select: last`` (above).
 
-Learning rates follow the reference code's MultiStepLR over iterations (``lr_milestones``,
-``lr_gamma``). The E-step sees un-augmented images, as in the reference code.
+Beyond the paper: ``fdc_reference_dim`` and ``fdc_floor`` (``gaussian.fdc_loss``): at a small
+feature dimension C the paper's lambda_e makes FDC negligible (below 1 % of the E-step loss at
+C = 32), so "w/o FDC" equals LMD; ``fdc_reference_dim: 512`` keeps the paper's relative weight.
 """
 from __future__ import annotations
 
@@ -71,8 +90,25 @@ def e_step_terms(net: nn.Module, layer: nn.Linear, x: torch.Tensor, y: torch.Ten
         raise ValueError(f"e_label_loss: unknown loss {p['e_label_loss']!r} (ce, gce)")
     terms = {"label": label}
     if p["lambda_e"] > 0:
-        terms["fdc"] = p["lambda_e"] * fdc_loss(z, y, mu, chol, p["fdc_sign"])
+        terms["fdc"] = p["lambda_e"] * fdc_loss(z, y, mu, chol, p["fdc_sign"],
+                                                p.get("fdc_reference_dim"), p.get("fdc_floor"))
     return terms
+
+
+def e_step_loader(x_tr: np.ndarray, y_tr: np.ndarray, p: dict, generator: torch.Generator,
+                  device) -> DataLoader:
+    """The E-step's batches of real training images, drawn with ``e_sampler``."""
+    return DataLoader(
+        TensorDataset(torch.from_numpy(x_tr).permute(0, 3, 1, 2), torch.from_numpy(y_tr)),
+        batch_size=p["e_batch_size"], sampler=make_sampler(y_tr, p["e_sampler"], generator),
+        drop_last=len(y_tr) > p["e_batch_size"],
+        # decoded images in memory: no worker on the CPU, workers + pinned memory on CUDA
+        **loader_options(device, torch.get_num_threads(), in_memory=True))
+
+
+def lr_factor(p: dict, iteration: int) -> float:
+    """Multiplier of both learning rates at 0-based ``iteration`` (1 unless milestones are set)."""
+    return p["lr_gamma"] ** sum(iteration >= m for m in p["lr_milestones"])
 
 
 @torch.no_grad()
@@ -112,14 +148,26 @@ class IterativeClassifierCalibration(Stage2Method):
                          "description": "no_grad: reference code (label loss never reaches the encoder)"},
         "fdc_sign": {"enum": ["paper", "reference"], "default": "paper",
                      "description": "paper: Psi - Phi; reference: Phi - Psi"},
-        "classifier_init": {"enum": ["per_iteration", "once"], "default": "per_iteration",
-                            "description": "once: reference code (classifier not re-initialised)"},
+        "classifier_init": {"enum": ["once", "per_iteration"], "default": "once",
+                            "description": "once: Algorithm 1 and the reference (created before the loop); "
+                                           "per_iteration: a fresh classifier in every M-step"},
         "lr_milestones": {"type": "array", "items": {"type": "integer", "minimum": 1},
-                          "default": [50, 100, 150],
-                          "description": "iterations at which both learning rates are multiplied by lr_gamma"},
+                          "default": [],
+                          "description": "iterations at which both learning rates are multiplied by lr_gamma "
+                                         "(default none: constant, as the reference runs)"},
         "lr_gamma": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
+        "virtual_stats": {"enum": ["ema", "current"], "default": "ema",
+                          "description": "virtual features drawn from the EMA statistics (paper) or this "
+                                         "iteration's estimate (reference)"},
+        "eval_features": {"enum": ["post_e_step", "pre_e_step"], "default": "post_e_step",
+                          "description": "f^j scored on the encoder after E-step j (ours, Algorithm 1's "
+                                         "output) or before it (reference)"},
         "select": {"enum": ["best_val", "last"], "default": "best_val",
                    "description": "iteration kept: best validation BACC (ours) or the last (reference)"},
+        "fdc_reference_dim": {"type": ["integer", "null"], "minimum": 1, "default": None,
+                              "description": "scale FDC by this / C (512: the paper's weight at any C); null: paper"},
+        "fdc_floor": {"type": ["number", "null"], "minimum": 0, "default": None,
+                      "description": "lower bound of the FDC term, per feature dimension; null: none (paper)"},
     }
 
     def fit(self, train, val, stage1_classifier, generator):
@@ -141,12 +189,7 @@ class IterativeClassifierCalibration(Stage2Method):
             q.requires_grad_(False)  # the stage-1 classifier is replaced, never trained here
         opt_e = torch.optim.SGD(net.encoder.parameters(), lr=p["e_lr"], momentum=p["e_momentum"],
                                 weight_decay=p["e_weight_decay"])
-        loader = DataLoader(
-            TensorDataset(torch.from_numpy(x_tr).permute(0, 3, 1, 2), torch.from_numpy(y_tr)),
-            batch_size=p["e_batch_size"], sampler=make_sampler(y_tr, p["e_sampler"], generator),
-            drop_last=len(y_tr) > p["e_batch_size"],
-            # decoded images in memory: no worker on the CPU, workers + pinned memory on CUDA
-            **loader_options(device, torch.get_num_threads(), in_memory=True))
+        loader = e_step_loader(x_tr, y_tr, p, generator, device)
         mstep = MStep(p, k)
         layer: nn.Linear | None = None
         opt_m = None
@@ -170,7 +213,7 @@ class IterativeClassifierCalibration(Stage2Method):
             log.info("resumed from %s: ICC after iteration %d/%d", self.resume.path, start,
                      p["iterations"])
         for j in range(start, p["iterations"]):
-            factor = p["lr_gamma"] ** sum(j >= m for m in p["lr_milestones"])
+            factor = lr_factor(p, j)
             t0 = time.perf_counter()
             # M-step: features of the current encoder, Gaussians (EMA), classifier on VFC
             feats = encode_images(net, x_tr, device)
@@ -182,15 +225,21 @@ class IterativeClassifierCalibration(Stage2Method):
                 g["lr"] = p["m_lr"] * factor
             m_out = mstep.train(layer, opt_m, generator, feats, y_tr)
             t_m = time.perf_counter() - t0
+            pre = None
+            if p["eval_features"] == "pre_e_step":  # the reference scores f^j on g^(j-1)
+                pre = {"val_feats": encode_images(net, x_val, device),
+                       "net": copy.deepcopy(net.state_dict())}
             # E-step: classifier frozen, encoder fine-tuned on the real images
             t1 = time.perf_counter()
             e_out = self._e_step(net, layer, loader, mstep, opt_e, p["e_lr"] * factor, device)
             t_e = time.perf_counter() - t1
-            val_feats = encode_images(net, x_val, device)
+            val_feats = pre["val_feats"] if pre is not None else encode_images(net, x_val, device)
             with torch.no_grad():
                 val_pred = layer(torch.from_numpy(val_feats).to(device)).argmax(1).cpu().numpy()
             val_bacc = float(balanced_accuracy_score(y_val, val_pred))
             row = {"iteration": j + 1, **m_out, **e_out, "val_bacc": val_bacc,
+                   # the rates the optimisers really ran at (not the configured ones)
+                   "m_lr": opt_m.param_groups[0]["lr"], "e_lr": opt_e.param_groups[0]["lr"],
                    "m_seconds": t_m, "e_seconds": t_e, "seconds": time.perf_counter() - t0}
             self.history.append(row)
             e_txt = " ".join(f"{n} {v:.4f}" for n, v in e_out.items())
@@ -198,7 +247,8 @@ class IterativeClassifierCalibration(Stage2Method):
                      j + 1, p["iterations"], m_out["m_loss"], e_txt, val_bacc, row["seconds"], t_m, t_e)
             if p["select"] == "last" or val_bacc > best["val_bacc"]:
                 best = {"iteration": j + 1, "val_bacc": val_bacc,
-                        "net": copy.deepcopy(net.state_dict()), "layer": copy.deepcopy(layer.state_dict())}
+                        "net": pre["net"] if pre is not None else copy.deepcopy(net.state_dict()),
+                        "layer": copy.deepcopy(layer.state_dict())}
             if self.resume is not None:
                 self.resume.save({
                     "iteration": j + 1, "net": net.state_dict(), "opt_e": opt_e.state_dict(),

@@ -73,6 +73,15 @@ class MStep:
         self.cov: torch.Tensor | None = None
         self.chol: torch.Tensor | None = None
         self.step = 0
+        self.mu_now: torch.Tensor | None = None
+        self.chol_now: torch.Tensor | None = None
+
+    def draw_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, Cholesky factor) the virtual features are drawn from: the EMA (the paper) or,
+        with ``virtual_stats: current``, this iteration's estimate (the reference)."""
+        if self.mu_now is not None:
+            return self.mu_now, self.chol_now
+        return self.mu, self.chol
 
     def estimate(self, features: np.ndarray, labels: np.ndarray, generator: torch.Generator) -> None:
         """Class statistics of these features, folded into the EMA (float64)."""
@@ -81,22 +90,27 @@ class MStep:
         self.mu = ema_update(self.mu, mu, self.p["stats_decay"], self.step)
         self.cov = ema_update(self.cov, cov, self.p["stats_decay"], self.step)
         self.chol = cholesky(self.cov)
+        # ICC's virtual_stats: current (the reference) draws from this estimate, not the EMA
+        self.mu_now, self.chol_now = (mu, cholesky(cov)) if self.p.get("virtual_stats") == "current" else (None, None)
         self.step += 1
         log.info("M-step %d: class statistics from %s sampling (drawn per class %s)", self.step,
                  self.p["m_sampler"], counts.tolist())
 
     def state_dict(self) -> dict:
-        return {"mu": self.mu, "cov": self.cov, "chol": self.chol, "step": self.step}
+        return {"mu": self.mu, "cov": self.cov, "chol": self.chol, "step": self.step,
+                "mu_now": self.mu_now, "chol_now": self.chol_now}
 
     def load_state_dict(self, state: dict) -> None:
-        self.mu, self.cov, self.chol = (None if state[k] is None else state[k].cpu()
-                                        for k in ("mu", "cov", "chol"))
+        self.mu, self.cov, self.chol, self.mu_now, self.chol_now = (
+            None if state.get(k) is None else state[k].cpu()
+            for k in ("mu", "cov", "chol", "mu_now", "chol_now"))
         self.step = int(state["step"])
 
     def _batches(self, features, labels, generator, device=None):
         p = self.p
         if p["features"] == "virtual":
-            return iter_virtual_batches(self.mu, self.chol, p["virtual_per_class"], p["m_batch_size"],
+            mu, chol = self.draw_statistics()
+            return iter_virtual_batches(mu, chol, p["virtual_per_class"], p["m_batch_size"],
                                         generator, device=device)
         # w/o VFC: R real features per class, drawn with replacement (class-balanced)
         y = np.asarray(labels)
@@ -183,11 +197,14 @@ def classifier_optimizer(layer: nn.Linear, p: dict) -> torch.optim.SGD:
 
 @register("vfc")
 class VirtualFeatureCalibration(Stage2Method):
-    """One M-step on the cached features (LMD w/o ICC); cosine learning-rate decay over it."""
+    """One M-step on the cached features (LMD w/o ICC). Its default rate is constant, as in
+    every M-step of ICC (the reference never steps its scheduler), so that "w/o ICC" differs
+    from LMD only in the iterations and the E-step (config ``inherit: icc``)."""
 
     params = {**MSTEP_PARAMS,
-              "m_schedule": {"enum": ["cosine", "constant"], "default": "cosine",
-                             "description": "learning rate over the single M-step"}}
+              "m_schedule": {"enum": ["constant", "cosine"], "default": "constant",
+                             "description": "learning rate over the single M-step: constant as in ICC's "
+                                            "M-step and the reference; cosine decay to 0"}}
 
     def fit(self, train, val, stage1_classifier, generator):
         feats, labels = train["features"], train["labels"]
