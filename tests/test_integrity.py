@@ -225,3 +225,177 @@ def test_an_image_without_a_defined_conversion_is_an_error_naming_the_file(what,
     with pytest.raises(ValueError, match="bad.tif") as e:
         cached_pixels(tmp_path / "data")
     assert "corrupt" not in str(e.value)
+
+
+# ------------------------------------------------------------------ workflow-level helpers
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from conftest import REPO, run_snakemake, snakemake_bin, write_config  # noqa: E402
+
+
+def image_tree(root: Path, counts: dict[str, int], bad: str | None = None) -> Path:
+    """An ImageFolder tree of 8 x 8 PNGs, ``counts`` images per class; ``bad``: a class whose
+    first image is a corrupt file."""
+    rng = _rng(42)
+    for cls, n in counts.items():
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / cls / f"{i:03d}.png")
+    if bad is not None:
+        (root / bad / "000.png").write_bytes(b"not a png")
+    return root
+
+
+def folder_config(root: Path, results_dir: str = "results", **split) -> dict:
+    return {
+        "results_dir": results_dir,
+        "dataset": {"name": "tiny", "source": "imagefolder", "root": str(root), "image_size": 8},
+        "split": {"protocol": "random", "val_fraction": 0.2, "test_fraction": 0.2, **split},
+        "seeds": [0],
+        "groups": {"rule": "rank", "sizes": [1, 1, 1]},
+        "compute": {"threads": 1},
+        "stage1": {"ce": {"method": "ce", "label": "CE", "epochs": 1, "batch_size": 16,
+                          "model": {"arch": "small_resnet", "width": 8, "blocks_per_stage": 1}}},
+        "stage2": {"ncm": {"method": "ncm", "label": "NCM", "stage1": ["ce"]}},
+    }
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {p.relative_to(folder) for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+# ------------------------------------------------------------------ 2. paths with spaces, non-ASCII
+
+
+@pytest.mark.slow
+def test_workflow_runs_with_a_space_and_non_ascii_in_results_dir_and_data_root(tmp_path):
+    data = image_tree(tmp_path / "data röot 1", {"a": 12, "b": 12, "c": 12})
+    before = files_under(data)
+    work = tmp_path / "wörk dir"
+    work.mkdir()
+    results = "my résults"
+    write_config(work, folder_config(data, results))
+    run_snakemake(work, "--cores", "2")
+    table = work / results / "tiny" / "tables" / "results.md"
+    assert "| CE + NCM |" in table.read_text() and "| CE |" in table.read_text()
+    stray = {p for p in files_under(work) if p.parts[0] not in (results, ".snakemake", "config.yaml")}
+    assert not stray, f"files written outside results_dir: {sorted(stray)}"
+    assert files_under(data) == before, "files written into the data root"
+    assert set(os.listdir(tmp_path)) == {"data röot 1", "wörk dir"}
+
+
+# ------------------------------------------------------------------ 3. the default profile applies
+
+
+def snakemake_with_default_profile(work: Path, *args: str) -> subprocess.CompletedProcess:
+    """The snakemake CLI as a user runs it: no --workflow-profile, so the default applies."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("SNAKEMAKE_PROFILE", None)
+    cmd = [snakemake_bin(), "-s", str(REPO / "Snakefile"), "--directory", str(work), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+
+def test_default_profile_is_where_snakemake_looks_for_it():
+    """With the Snakefile at the top level, Snakemake reads profiles/default (DESIGN.md §6)."""
+    assert (REPO / "Snakefile").is_file()
+    profile = REPO / "profiles" / "default" / "config.yaml"
+    assert profile.is_file()
+    assert not (REPO / "workflow" / "profiles" / "default").exists()
+
+
+def test_default_profile_applies_a_failing_job_prints_its_log(tmp_path):
+    """show-failed-logs and printshellcmds come from profiles/default/config.yaml: a job that
+    fails (a corrupt image in the cache job) shows its log's error and its command (without
+    the profile Snakemake prints only the log's path)."""
+    data = image_tree(tmp_path / "data", {"a": 6, "b": 6, "c": 6}, bad="b")
+    work = tmp_path / "work"
+    work.mkdir()
+    write_config(work, folder_config(data))
+    proc = snakemake_with_default_profile(work, "--cores", "1", "--until", "image_cache")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "is corrupt or not an image" in out, out[-3000:]  # the log, printed by show-failed-logs
+    assert "lmdlt cache --dataset" in out  # printshellcmds
+
+
+# ------------------------------------------------------------------ 4. config-file syntax errors
+
+
+BAD_YAML = "seeds: [0, 1\nstage1:\n  ce: {method: ce}\n"
+
+
+@pytest.mark.xfail(strict=True, reason="Snakemake parses --configfile before the Snakefile runs and "
+                   "drops the YAML error's position; see docs/reliability.md")
+def test_snakemake_configfile_syntax_error_names_file_line_and_column(tmp_path):
+    (tmp_path / "bad.yaml").write_text(BAD_YAML)
+    proc = run_snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "bad.yaml"), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "bad.yaml" in out and "line 2" in out and "column 7" in out, out[-2000:]
+
+
+# ------------------------------------------------------------------ 5. data checks before the cache
+
+from lmdlt.data.longtail import cui_train_counts, lmd_keep_counts  # noqa: E402
+
+
+def test_a_ratio_the_data_cannot_give_is_an_error_naming_it_and_the_maximum():
+    with pytest.raises(ValueError, match=r"r=1e\+12 is more than the data can give.*1 <= r <= 129"):
+        cui_train_counts(129, 1.0e12, 10)
+    with pytest.raises(ValueError, match=r"r=1000 is more than the data can give.*5\.00 <= r <= 500"):
+        lmd_keep_counts([500, 300, 100], 1000)
+    assert cui_train_counts(129, 129, 3) == [129, 12, 1]  # the largest ratio the data can give
+    lmd_keep_counts([500, 300, 100], 500)  # r = n_max: allowed
+
+
+@pytest.mark.parametrize("counts, message", [
+    ({"a": 10, "b": 10, "c": 1}, "class 'c' has 1 images: too few to split"),
+    ({"a": 10, "b": 10, "c": 0}, r"classes without images: \['c'\]"),
+])
+def test_an_empty_or_one_image_class_is_caught_from_the_index(tmp_path, counts, message):
+    data = image_tree(tmp_path / "data", counts)
+    cfg = folder_config(data)
+    from lmdlt.config import validate_config
+    from lmdlt.data.splits import check_data
+
+    cfg = validate_config(cfg)
+    with pytest.raises(ValueError, match=message):
+        check_data(cfg["dataset"], cfg["split"], cfg["seeds"])
+
+
+def test_impossible_ratio_stops_the_run_before_any_job(tmp_path):
+    write_config(tmp_path, {"dataset": {"name": "d", "source": "digits", "image_size": 8},
+                            "split": {"protocol": "cui", "imbalance_ratio": 1.0e12, "val_per_class": 15,
+                                      "test_per_class": 30},
+                            "seeds": [0], "groups": {"rule": "rank", "sizes": [3, 4, 3]},
+                            "stage1": {"ce": {"method": "ce", "epochs": 1}}, "stage2": {}})
+    proc = run_snakemake(tmp_path, "--cores", "1", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "imbalance_ratio r=1e+12 is more than the data can give" in out and "r <= 129" in out
+    assert "rule image_cache" not in out and not (tmp_path / "results").exists()
+
+
+def test_a_one_image_class_stops_the_run_before_the_image_cache_is_built(tmp_path):
+    data = image_tree(tmp_path / "data", {"a": 10, "b": 10, "c": 1})
+    work = tmp_path / "work"
+    work.mkdir()
+    write_config(work, folder_config(data))
+    proc = run_snakemake(work, "--cores", "1", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "before any image is decoded" in out and "class 'c' has 1 images" in out, out[-2000:]
+    assert "rule image_cache" not in out and not (work / "results" / "image_cache").exists()
+
+
+def test_lmdlt_validate_config_names_file_line_and_column(tmp_path):
+    """The documented way to locate a syntax error that Snakemake reports without a position."""
+    (tmp_path / "bad.yaml").write_text(BAD_YAML)
+    proc = subprocess.run([str(Path(sys.executable).with_name("lmdlt")), "validate-config",
+                           str(tmp_path / "bad.yaml")], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "bad.yaml" in proc.stderr and "line 2, column 7" in proc.stderr, proc.stderr

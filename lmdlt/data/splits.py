@@ -22,8 +22,9 @@ a split whose groups cross splits is an error.
 from __future__ import annotations
 
 import json
+import logging
 import os
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,7 @@ from .longtail import cui_train_counts, lmd_keep_counts
 from .sources import SourceIndex
 
 SPLITS = ("train", "val", "test")
+log = logging.getLogger("lmdlt.splits")
 ProtocolFn = Callable[[SourceIndex, dict, np.random.Generator], pd.Series]
 _PROTOCOLS: dict[str, ProtocolFn] = {}
 
@@ -150,6 +152,7 @@ def _lmd(index: SourceIndex, cfg: dict, rng: np.random.Generator) -> pd.Series:
         raise ValueError(f"classes without images: {absent}")
     order = class_rank(labels, k, "count")  # the LMD scheme is defined on counts, descending
     keep = lmd_keep_counts([counts[c] for c in order], cfg["imbalance_ratio"])
+    _log_ratio(cfg["imbalance_ratio"], keep, "kept per class")
     groups = _groups_of(index, cfg)
     kept: dict[int, np.ndarray] = {}
     for c, n_keep in zip(order, keep):
@@ -219,6 +222,7 @@ def _cui(index: SourceIndex, cfg: dict, rng: np.random.Generator) -> pd.Series:
     order = class_rank(labels, k, cfg["class_order"])
     n_cap = cfg.get("n_cap") or int(avail.min())
     wanted = cui_train_counts(n_cap, cfg["imbalance_ratio"], k)
+    _log_ratio(cfg["imbalance_ratio"], wanted, f"training images per class (n_cap {n_cap})")
     for c, n in zip(order, wanted):
         if n > avail[c]:
             raise ValueError(
@@ -226,6 +230,32 @@ def _cui(index: SourceIndex, cfg: dict, rng: np.random.Generator) -> pd.Series:
                 f"cui profile with n_cap={n_cap} asks for {n}; lower split.n_cap")
         split.iloc[remaining[c][:n]] = "train"
     return split
+
+
+def _log_ratio(asked: float, counts: list[int], what: str) -> None:
+    """The imbalance the counts realise (rounding to whole images moves it off ``asked``): logged,
+    and a warning when it is more than 10% off."""
+    got = counts[0] / counts[-1]
+    level = logging.WARNING if abs(got - asked) > 0.1 * asked else logging.INFO
+    log.log(level, "imbalance_ratio %g asked, %.2f realised by the whole-image counts (%s: %s)",
+            asked, got, what, counts)
+
+
+def check_data(dataset_cfg: dict, split_cfg: dict, seeds: Iterable[int]) -> dict[int, pd.DataFrame]:
+    """The data checks that need no image: read the source's index (labels and paths only) and
+    build every seed's split in memory, so that an absent or too small class, an infeasible
+    split and an imbalance ratio the data cannot give are errors *before* the image cache is
+    built (the workflow calls this while the cache or a split is missing; docs/reliability.md).
+    Returns the split table of every seed."""
+    from .sources import source_from_config
+
+    index = source_from_config(dataset_cfg).index()
+    counts = np.bincount(index.table["label"].to_numpy(), minlength=len(index.class_names))
+    empty = [index.class_names[c] for c in range(len(counts)) if counts[c] == 0]
+    if empty:
+        raise ValueError(f"classes without images: {empty} (images per class: "
+                         f"{dict(zip(index.class_names, counts.tolist()))})")
+    return {int(seed): build_split(index, split_cfg, int(seed)) for seed in seeds}
 
 
 def build_split(index: SourceIndex, cfg: dict, seed: int) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 # Config validation (defaults filled, unknown keys and wrong types rejected with the key named),
 # output paths, and the per-variant params helpers shared by the rule files.
 import json
+import os
 
 from lmdlt.config import ConfigError, check_data_root, pairs, row_label, validate_config
 
@@ -84,6 +85,27 @@ from lmdlt.data.image_cache import cache_dir_name
 
 IMAGE_CACHE_DIR = f"{config['results_dir']}/image_cache/{cache_dir_name(config['dataset'])}"
 IMAGES = f"{IMAGE_CACHE_DIR}/images_{config['dataset']['image_size']}px.h5"
+
+# Data checks before expensive work: when jobs are about to run (onstart: not in a dry-run,
+# which must work on a stub data root, tests/test_experiments.py) and the image cache or a
+# seed's split is missing, the source's index is read (no image decoded) and every seed's split
+# built in memory, so that an empty or one-image class, an infeasible split or an imbalance
+# ratio the data cannot give stops the run before any job starts, the image cache's included.
+# `lmdlt split-summary --config <file>` runs the same checks by hand.
+def check_data_before_jobs():
+    if os.path.exists(IMAGES) and all(os.path.exists(SPLIT.format(seed=s)) for s in SEEDS):
+        return
+    from lmdlt.data.splits import check_data
+
+    try:
+        check_data(config["dataset"], config["split"], SEEDS)
+    except (ValueError, FileNotFoundError) as e:
+        raise WorkflowError(f"data check (from the index, before any image is decoded) failed "
+                            f"for dataset {config['dataset']['name']!r}: {e}")
+
+
+onstart:
+    check_data_before_jobs()
 
 
 def metrics_file(s1, s2, seed):

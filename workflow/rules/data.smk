@@ -11,7 +11,7 @@ rule image_cache:
     benchmark:
         IMAGE_CACHE_DIR + "/benchmarks/images_{size}px.tsv"
     shell:
-        "lmdlt cache --dataset {params.dataset:q} --size {wildcards.size} --out {output} > {log} 2>&1"
+        "lmdlt cache --dataset {params.dataset:q} --size {wildcards.size} --out {output:q} > {log:q} 2>&1"
 
 
 rule split:
@@ -26,4 +26,4 @@ rule split:
         BENCHMARKS + "/seed{seed}/split.tsv"
     shell:
         "lmdlt split --dataset {params.dataset:q} --split {params.split:q} --seed {wildcards.seed}"
-        " --out {output} > {log} 2>&1"
+        " --out {output:q} > {log:q} 2>&1"

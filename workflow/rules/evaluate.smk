@@ -15,8 +15,8 @@ rule evaluate_stage1:
     benchmark:
         BENCHMARKS + "/seed{seed}/evaluate_{s1}.tsv"
     shell:
-        "lmdlt evaluate --predictions {input.predictions} --manifest {input.split} --groups {params.groups:q}"
-        " --out {output} > {log} 2>&1"
+        "lmdlt evaluate --predictions {input.predictions:q} --manifest {input.split:q} --groups {params.groups:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule evaluate_stage2:
@@ -32,5 +32,5 @@ rule evaluate_stage2:
     benchmark:
         BENCHMARKS + "/seed{seed}/evaluate_{s1}_{s2}.tsv"
     shell:
-        "lmdlt evaluate --predictions {input.predictions} --manifest {input.split} --groups {params.groups:q}"
-        " --out {output} > {log} 2>&1"
+        "lmdlt evaluate --predictions {input.predictions:q} --manifest {input.split:q} --groups {params.groups:q}"
+        " --out {output:q} > {log:q} 2>&1"

@@ -18,6 +18,6 @@ rule extract_features:
     benchmark:
         BENCHMARKS + "/seed{seed}/features_{s1}.tsv"
     shell:
-        "lmdlt extract --checkpoint {input.checkpoint} --split {input.split} --images {input.images}"
-        " --threads {threads} --device {params.device} --precision {params.precision}"
-        " --channels-last {params.channels_last} --out {output} > {log} 2>&1"
+        "lmdlt extract --checkpoint {input.checkpoint:q} --split {input.split:q} --images {input.images:q}"
+        " --threads {threads} --device {params.device:q} --precision {params.precision:q}"
+        " --channels-last {params.channels_last:q} --out {output:q} > {log:q} 2>&1"

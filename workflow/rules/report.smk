@@ -21,7 +21,7 @@ rule results_table:
     localrule: True
     shell:
         "lmdlt report-table --rows {params.rows:q} --metrics {params.metrics:q} --groups {params.groups:q}"
-        " --title {params.title:q} --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"
+        " --title {params.title:q} --out-md {output.md:q} --out-csv {output.csv:q} > {log:q} 2>&1"
 
 
 rule per_class_recall_figure:
@@ -40,8 +40,8 @@ rule per_class_recall_figure:
         f"{BENCHMARKS}/report/per_class_recall_figure.tsv"
     localrule: True
     shell:
-        "lmdlt report-figure --rows {params.rows:q} --title {params.title:q} --out {output.png}"
-        " --out-pdf {output.pdf} > {log} 2>&1"
+        "lmdlt report-figure --rows {params.rows:q} --title {params.title:q} --out {output.png:q}"
+        " --out-pdf {output.pdf:q} > {log:q} 2>&1"
 
 
 report: "../report/workflow.rst"
@@ -129,8 +129,8 @@ rule paper_table:
         f"{BENCHMARKS}/report/paper_table_{{table}}.tsv"
     localrule: True
     shell:
-        "lmdlt report-paper-table --spec {params.spec:q} --out-csv {output.csv} --out-md {output.md}"
-        " --out-tex {output.tex} > {log} 2>&1"
+        "lmdlt report-paper-table --spec {params.spec:q} --out-csv {output.csv:q} --out-md {output.md:q}"
+        " --out-tex {output.tex:q} > {log:q} 2>&1"
 
 
 rule combined_table:
@@ -143,15 +143,15 @@ rule combined_table:
     wildcard_constraints:
         table=names_regex(list(COMBINED)),
     params:
-        absent=lambda w: " ".join(COMBINED[w.table]["absent"]),
+        absent=lambda w: COMBINED[w.table]["absent"],
     log:
         f"{LOGS}/combined_table_{{table}}.log",
     benchmark:
         f"{BENCHMARKS}/report/combined_table_{{table}}.tsv"
     localrule: True
     shell:
-        "lmdlt report-combine {input:q} --label {wildcards.table} --absent {params.absent}"
-        " --out-md {output.md} --out-tex {output.tex} > {log} 2>&1"
+        "lmdlt report-combine {input:q} --label {wildcards.table} --absent {params.absent:q}"
+        " --out-md {output.md:q} --out-tex {output.tex:q} > {log:q} 2>&1"
 
 
 rule sweep_figure:
@@ -171,8 +171,8 @@ rule sweep_figure:
         f"{BENCHMARKS}/report/figure_{{figure}}.tsv"
     localrule: True
     shell:
-        "lmdlt report-sweep-figure --spec {params.spec:q} --out-png {output.png} --out-pdf {output.pdf}"
-        " > {log} 2>&1"
+        "lmdlt report-sweep-figure --spec {params.spec:q} --out-png {output.png:q} --out-pdf {output.pdf:q}"
+        " > {log:q} 2>&1"
 
 
 rule tsne_figures:
@@ -194,8 +194,8 @@ rule tsne_figures:
         f"{BENCHMARKS}/report/figure_tsne.tsv"
     localrule: True
     shell:
-        "lmdlt report-tsne --spec {params.spec:q} --groups {params.groups:q} --fig4-png {output.fig4_png}"
-        " --fig4-pdf {output.fig4_pdf} --fig5-png {output.fig5_png} --fig5-pdf {output.fig5_pdf} > {log} 2>&1"
+        "lmdlt report-tsne --spec {params.spec:q} --groups {params.groups:q} --fig4-png {output.fig4_png:q}"
+        " --fig4-pdf {output.fig4_pdf:q} --fig5-png {output.fig5_png:q} --fig5-pdf {output.fig5_pdf:q} > {log:q} 2>&1"
 
 
 rule class_distribution_figure:
@@ -213,5 +213,5 @@ rule class_distribution_figure:
         f"{BENCHMARKS}/report/figure_class_distribution.tsv"
     localrule: True
     shell:
-        "lmdlt report-class-distribution --spec {params.spec:q} --out-png {output.png} --out-pdf {output.pdf}"
-        " > {log} 2>&1"
+        "lmdlt report-class-distribution --spec {params.spec:q} --out-png {output.png:q} --out-pdf {output.pdf:q}"
+        " > {log:q} 2>&1"

@@ -24,9 +24,9 @@ rule train_stage1:
     benchmark:
         BENCHMARKS + "/seed{seed}/stage1_{s1}.tsv"
     shell:
-        "{params.launch} train-stage1 --split {input.split} --images {input.images} --params {params.variant:q}"
-        " --seed {wildcards.seed} --threads {threads} --device {params.device}"
-        " --precision {params.precision} --channels-last {params.channels_last} --out {output} > {log} 2>&1"
+        "{params.launch} train-stage1 --split {input.split:q} --images {input.images:q} --params {params.variant:q}"
+        " --seed {wildcards.seed} --threads {threads} --device {params.device:q}"
+        " --precision {params.precision:q} --channels-last {params.channels_last:q} --out {output:q} > {log:q} 2>&1"
 
 
 # One GPU per process. Set after the rule is defined because a profile's set-resources (the

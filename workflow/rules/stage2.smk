@@ -24,9 +24,9 @@ rule train_stage2:
     benchmark:
         BENCHMARKS + "/seed{seed}/stage2_{s1}_{s2}.tsv"
     shell:
-        "lmdlt train-stage2 --features {input.features} --checkpoint {input.checkpoint}"
-        " --split {input.split} --params {params.variant:q}"
-        " --seed {wildcards.seed} --threads {threads} --out {output} > {log} 2>&1"
+        "lmdlt train-stage2 --features {input.features:q} --checkpoint {input.checkpoint:q}"
+        " --split {input.split:q} --params {params.variant:q}"
+        " --seed {wildcards.seed} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
 rule train_stage2_encoder:
@@ -47,6 +47,6 @@ rule train_stage2_encoder:
     benchmark:
         BENCHMARKS + "/seed{seed}/stage2_{s1}_{s2}.tsv"
     shell:
-        "lmdlt train-stage2-encoder --checkpoint {input.checkpoint} --split {input.split}"
-        " --images {input.images} --params {params.variant:q} --seed {wildcards.seed}"
-        " --threads {threads} --device {params.device} --out {output} > {log} 2>&1"
+        "lmdlt train-stage2-encoder --checkpoint {input.checkpoint:q} --split {input.split:q}"
+        " --images {input.images:q} --params {params.variant:q} --seed {wildcards.seed}"
+        " --threads {threads} --device {params.device:q} --out {output:q} > {log:q} 2>&1"
