@@ -91,7 +91,7 @@ IMAGES = f"{IMAGE_CACHE_DIR}/images_{config['dataset']['image_size']}px.h5"
 # seed's split is missing, the source's index is read (no image decoded) and every seed's split
 # built in memory, so that an empty or one-image class, an infeasible split or an imbalance
 # ratio the data cannot give stops the run before any job starts, the image cache's included.
-# `lmdlt split-summary --config <file>` runs the same checks by hand.
+# `lmdlt split-summary --config <file> --seed N` runs the split checks for one seed by hand.
 def check_data_before_jobs():
     if os.path.exists(IMAGES) and all(os.path.exists(SPLIT.format(seed=s)) for s in SEEDS):
         return
