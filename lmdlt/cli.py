@@ -81,7 +81,7 @@ def cmd_extract(a):
     from .features import extract_features
 
     extract_features(a.checkpoint, a.split, a.images, a.out, threads=a.threads, device=a.device,
-                     precision=a.precision, channels_last=a.channels_last)
+                     precision=a.precision, channels_last=a.channels_last, train_views=a.train_views)
 
 
 def cmd_train_stage2(a):
@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", required=True)
     s.add_argument("--images", required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--train-views", type=int, default=0,
+                   help="augmented passes of the training split to store as well (config "
+                        "features.train_views; 0: none, the clean features only)")
     torch_opts(s)
 
     s = add("train-stage2", cmd_train_stage2, "stage 2: calibrate the classifier on cached features")

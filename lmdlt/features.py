@@ -8,6 +8,22 @@ Written once per stage-1 checkpoint and read by every stage-2 variant. Layout::
     /<split>/ids       str (N,)
     /classifier/weight, /classifier/bias   the stage-1 linear classifier
     attrs: provenance (JSON), checkpoint_sha256, split_hash, class_names, precision
+
+With ``train_views`` N > 0 (config ``features.train_views``) the file also holds N augmented
+passes over the training split, in the order of ``/train/ids``, written once::
+
+    /train_views/features  float32 (N, n_train, C)   view v of training image i: [v, i]
+    /train_views/logits    float32 (N, n_train, K)   the stage-1 classifier's outputs of it
+    attrs: train_views (N, also 0), and the provenance's config records train_views and, for
+           N > 0, the augmentation (view_transform) and the seed of the views
+
+The augmentation is the stage-1 variant's own training augmentation (its
+``train_transform(augment, size)``, rebuilt from the checkpoint's recorded config); for a
+method whose transform returns (strong, weak) views (RRL) the weak one, for one returning two
+views of the same augmentation (SupCon) the first. The views are drawn with the torch
+random stream seeded with the checkpoint's seed, in a forked random state (deterministic, and
+the rest of the process is unaffected). With N = 0 the file is exactly the layout above
+(no ``/train_views``): the linear stage-2 methods then see the un-augmented features.
 """
 from __future__ import annotations
 
@@ -58,12 +74,52 @@ def encode(net, images: np.ndarray, device, batch_size: int = 512, precision: st
     return torch.cat(feats).numpy(), torch.cat(logits).numpy()
 
 
+def view_transform(stage1_cfg: dict, class_counts, size: int):
+    """(per-image transform of a uint8 CHW tensor to one augmented uint8 CHW tensor,
+    description) of a stage-1 variant's own training augmentation, as its trainer builds it
+    (``method.train_transform(cfg["augment"], size)``). A two-view transform: the weak view of
+    a (strong, weak) one (RRL's ``TwoViews.weak``), the first of two views of one augmentation
+    (``two_views``: SupCon)."""
+    from .stage1 import get_method as get_stage1_method
+
+    method = get_stage1_method(stage1_cfg["method"])(stage1_cfg["params"], np.asarray(class_counts))
+    transform = method.train_transform(stage1_cfg["augment"], size)
+    weak = getattr(transform, "weak", None)
+    if weak is not None:
+        return weak, f"{stage1_cfg['method']}: weak view of its (strong, weak) train_transform"
+
+    def single(img):
+        out = transform(img)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    return single, f"{stage1_cfg['method']}: its train_transform (first view if it returns several)"
+
+
+def augmented_views(images: np.ndarray, transform, n_views: int, seed: int) -> np.ndarray:
+    """(n_views, N, H, W, C) uint8: ``n_views`` augmented passes over uint8 NHWC ``images``,
+    one image at a time (a transform on a batch would share one draw across it), with torch's
+    random stream seeded with ``seed`` in a forked random state."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    out = np.empty((n_views, *images.shape), dtype=np.uint8)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for v in range(n_views):
+            for i in range(len(x)):
+                out[v, i] = transform(x[i]).permute(1, 2, 0).numpy()
+    return out
+
+
 def extract_features(checkpoint_path, manifest_path, cache_path, out_path,
                      threads: int | None = None, device: str = "auto", batch_size: int = 512,
-                     precision: str = "auto", channels_last: str = "auto") -> None:
+                     precision: str = "auto", channels_last: str = "auto",
+                     train_views: int = 0) -> None:
     """Write the features file of a checkpoint. ``precision`` (auto: bf16 on CUDA, fp32 on the
     CPU) and ``channels_last`` (auto: on CUDA) are resolved by :mod:`lmdlt.runtime` and recorded
-    in the file's provenance."""
+    in the file's provenance. ``train_views`` N > 0 adds N augmented passes over the training
+    split (``/train_views``, see the module docstring)."""
+    if int(train_views) < 0:
+        raise ValueError(f"train_views must be >= 0, not {train_views}")
+    train_views = int(train_views)
     setup_torch(0, threads)
     dev = select_device(device)
     prec = resolve_precision(dev, precision)
@@ -77,9 +133,18 @@ def extract_features(checkpoint_path, manifest_path, cache_path, out_path,
                          f"({man_meta['content_hash']})")
     cache = ImageCache(cache_path)
     log.info("device %s, precision %s, channels_last %s", dev, prec, cl)
-    prov = provenance("features", {"batch_size": batch_size, "precision": prec, "channels_last": cl},
-                      {"checkpoint": ckpt_hash, "split": man_meta["content_hash"]},
-                      meta["provenance"]["seed"])
+    seed = meta["provenance"]["seed"]
+    config = {"batch_size": batch_size, "precision": prec, "channels_last": cl,
+              "train_views": train_views}
+    if train_views:
+        s1_cfg = meta["provenance"]["config"]
+        train_rows = table[table["split"] == "train"]
+        counts = np.bincount(train_rows["label"].to_numpy(np.int64), minlength=meta["num_classes"])
+        transform, described = view_transform(s1_cfg, counts, int(cache.shape[1]))  # as the trainer
+        config.update({"view_transform": described, "view_augment": s1_cfg["augment"],
+                       "view_seed": seed})
+    prov = provenance("features", config, {"checkpoint": ckpt_hash, "split": man_meta["content_hash"]},
+                      seed)
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
         for split in SPLITS:
             rows = table[table["split"] == split]
@@ -93,6 +158,17 @@ def extract_features(checkpoint_path, manifest_path, cache_path, out_path,
                              dtype=h5py.string_dtype())
             log.info("%s: %d images -> features %s in %.2fs", split, len(rows), feats.shape,
                      time.perf_counter() - t0)
+        if train_views:
+            t0 = time.perf_counter()
+            rows = table[table["split"] == "train"]
+            images = cache.load(rows["id"].tolist())
+            views = augmented_views(images, transform, train_views, seed)
+            encoded = [encode(net, v, dev, batch_size, prec, cl) for v in views]
+            f["train_views/features"] = np.stack([e[0] for e in encoded])
+            f["train_views/logits"] = np.stack([e[1] for e in encoded])
+            log.info("train: %d augmented views of %d images (%s) in %.2fs", train_views, len(rows),
+                     described, time.perf_counter() - t0)
+        f.attrs["train_views"] = train_views
         f["classifier/weight"] = net.classifier.weight.detach().cpu().numpy()
         f["classifier/bias"] = net.classifier.bias.detach().cpu().numpy()
         f.attrs["checkpoint_sha256"] = ckpt_hash
@@ -119,6 +195,14 @@ class FeatureSet:
                         k: (g[k].asstr()[:] if k == "ids" else g[k][:]) for k in g.keys()}
             self.classifier = ({k: f["classifier"][k][:] for k in f["classifier"]}
                                if "classifier" in f else None)
+            #: {"features": (N, n_train, C), "logits": (N, n_train, K)}, or None (no views)
+            self.train_views = ({k: f["train_views"][k][:] for k in f["train_views"]}
+                                if "train_views" in f else None)
+
+    @property
+    def num_train_views(self) -> int:
+        """The N recorded at extraction (``features.train_views``); 0 for files without it."""
+        return int(self.provenance.get("config", {}).get("train_views", 0) or 0)
 
     def __getitem__(self, split: str) -> dict:
         if split not in self.splits:

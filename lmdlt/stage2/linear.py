@@ -1,4 +1,19 @@
-"""Training a linear classifier on fixed features, shared by the stage-2 methods."""
+"""Training a linear classifier on fixed features, shared by the stage-2 methods.
+
+Augmented views (``features.train_views`` N > 0): the references re-train the classifier on
+augmented images every epoch. The runner hands the methods ``train["features"]`` as a
+``ViewedFeatures`` (the clean features, carrying the N stored views); ``train_linear`` then
+draws, at the start of every epoch and with the fit's generator, one view per training image
+and trains that epoch on the drawn views (every sample of an image in that epoch is the same
+view). ``train["logits"]`` is then the same values in a table of the runner's that
+``train_linear`` overwrites in place, for the epoch, with the stage-1 classifier's logits of
+the drawn views (and restores afterwards): a method that looks up a teacher's logits by image
+index (``kd_rebalance``: ``torch.as_tensor(train["logits"])[idx]`` shares that memory) so
+distils from the teacher's output on the same augmented view, as in the reference. With no
+views (N = 0, a plain array) nothing changes: the clean features, bit-identical to before.
+Methods that do not train through ``train_linear`` (NCM, tau-norm, logit adjustment, ...)
+see the clean features.
+"""
 from __future__ import annotations
 
 import logging
@@ -26,6 +41,46 @@ LINEAR_PARAMS = {
 }
 
 
+class ViewedFeatures(np.ndarray):
+    """Clean training features (n, C), float32, carrying ``views`` (N, n, C) of the same images
+    and optionally ``view_logits`` (N, n, K) with the ``logits_table`` (n, K) to refresh per
+    epoch (see the module docstring). Any array derived from it (a slice, a sum) is plain
+    features: it carries no views."""
+
+    def __new__(cls, clean, views, view_logits=None, logits_table=None):
+        obj = np.ascontiguousarray(clean, dtype=np.float32).view(cls)
+        views = np.ascontiguousarray(views, dtype=np.float32)
+        if views.ndim != 3 or views.shape[1:] != obj.shape or len(views) == 0:
+            raise ValueError(f"views of shape {views.shape} do not fit features {obj.shape}")
+        if (view_logits is None) != (logits_table is None):
+            raise ValueError("view_logits and logits_table go together")
+        if view_logits is not None:
+            view_logits = np.ascontiguousarray(view_logits, dtype=np.float32)
+            if (view_logits.shape[:2] != views.shape[:2] or not isinstance(logits_table, np.ndarray)
+                    or logits_table.dtype != np.float32 or not logits_table.flags.c_contiguous
+                    or logits_table.shape != view_logits.shape[1:]):
+                raise ValueError(f"view logits {view_logits.shape} / table do not fit views {views.shape}")
+        obj.views, obj.view_logits, obj.logits_table = views, view_logits, logits_table
+        return obj
+
+    def __array_finalize__(self, obj) -> None:
+        self.views = self.view_logits = self.logits_table = None
+
+
+def with_train_views(train: dict, views: dict) -> dict:
+    """The training split as a method sees it with augmented views: a copy of ``train`` whose
+    ``features`` is a ``ViewedFeatures`` and whose ``logits`` (when present) is a fresh float32
+    table that ``train_linear`` refreshes per epoch with the drawn views' logits."""
+    out = dict(train)
+    table = None
+    if "logits" in train:
+        table = np.array(train["logits"], dtype=np.float32, order="C", copy=True)
+        out["logits"] = table
+    out["features"] = ViewedFeatures(train["features"], views["features"],
+                                     views.get("logits") if table is not None else None, table)
+    return out
+
+
 def train_linear(features: np.ndarray, labels: np.ndarray, num_classes: int, *, epochs: int,
                  batch_size: int, lr: float, momentum: float, weight_decay: float,
                  sampler: str, generator: torch.Generator, init: nn.Module | None = None,
@@ -42,8 +97,23 @@ def train_linear(features: np.ndarray, labels: np.ndarray, num_classes: int, *, 
     With ``resume``, the layer, optimiser, schedule and random states are saved after every
     epoch and a saved state of the same run is continued from (the result is bit-identical on
     CPU to an uninterrupted run); a non-finite loss or gradient stops with epoch, step and term
-    (``name`` labels the messages)."""
-    x = torch.as_tensor(features, dtype=torch.float32)
+    (``name`` labels the messages).
+
+    ``features`` a ``ViewedFeatures``: every epoch trains on one of its views per image, drawn
+    with ``generator`` at the epoch's start (module docstring)."""
+    views = getattr(features, "views", None)
+    if views is None:
+        x = torch.as_tensor(features, dtype=torch.float32)
+    else:
+        views_t = torch.from_numpy(views)
+        x = torch.empty(views.shape[1:], dtype=torch.float32)  # this epoch's views, filled below
+        positions = torch.arange(views.shape[1])
+        table = features.logits_table
+        if table is not None:
+            table_t, view_logits_t = torch.from_numpy(table), torch.from_numpy(features.view_logits)
+            clean_logits = table_t.clone()
+        log.info("%s: one of %d augmented views per image per epoch%s", name, len(views),
+                 " (teacher logits per view)" if table is not None else "")
     y = torch.as_tensor(labels, dtype=torch.int64)
     layer = init if init is not None else nn.Linear(x.shape[1], num_classes)
     smp = make_sampler(labels, sampler, generator, epochs=epochs, **(sampler_options or {}))
@@ -64,6 +134,11 @@ def train_linear(features: np.ndarray, labels: np.ndarray, num_classes: int, *, 
     trainable = [(n, p) for n, p in layer.named_parameters() if p.requires_grad]
     for epoch in range(start, epochs):
         set_sampler_epoch(smp, epoch)
+        if views is not None:
+            choice = torch.randint(len(views_t), (len(positions),), generator=generator)
+            x.copy_(views_t[choice, positions])
+            if table is not None:
+                table_t.copy_(view_logits_t[choice, positions])
         total = n = 0.0
         for step, (xb, yb, ib) in enumerate(loader):
             logits = layer(xb)
@@ -83,4 +158,6 @@ def train_linear(features: np.ndarray, labels: np.ndarray, num_classes: int, *, 
             resume.save({"epoch": epoch + 1, "layer": layer.state_dict(), "optimizer": opt.state_dict(),
                          "scheduler": sched.state_dict(), "rng": rng_state(generator)})
         log.info("epoch %d/%d loss %.4f", epoch + 1, epochs, total / max(n, 1))
+    if views is not None and table is not None:
+        table_t.copy_(clean_logits)
     return layer

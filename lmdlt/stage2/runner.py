@@ -19,13 +19,43 @@ from ..io import atomic_path, h5_write_provenance, provenance, sha256_file
 from ..resume import ResumeState, run_identity
 from ..runtime import setup_torch
 from .base import get_method
+from .linear import with_train_views
 
 log = logging.getLogger("lmdlt.stage2")
 
 
-def check_features(fs: FeatureSet, checkpoint_path=None, manifest_path=None) -> None:
+def check_train_views(fs: FeatureSet, expected: int | None = None) -> int:
+    """The number N of augmented training views a features file holds, checked against its
+    provenance (``train_views`` recorded at extraction; files without it: 0) and the arrays
+    (``/train_views`` present exactly when N > 0, shaped (N, n_train, C) and (N, n_train, K)),
+    and, when given, against ``expected`` (the config's ``features.train_views``)."""
+    n = fs.num_train_views
+    attr = fs.attrs.get("train_views")
+    if attr is not None and int(attr) != n:
+        raise ValueError(f"{fs.path}: inconsistent provenance, train_views {int(attr)} in its "
+                         f"attributes but {n} in its provenance record")
+    tv = fs.train_views
+    if n == 0 and tv is not None:
+        raise ValueError(f"{fs.path}: holds /train_views but records train_views 0")
+    if n > 0:
+        train = fs["train"]
+        want = {"features": (n, *train["features"].shape), "logits": (n, *train["logits"].shape)}
+        got = {k: tuple(v.shape) for k, v in (tv or {}).items()}
+        if got != want:
+            raise ValueError(f"{fs.path}: records train_views {n} but /train_views holds {got or 'nothing'}"
+                             f" (expected {want}); re-run feature extraction")
+    if expected is not None and int(expected) != n:
+        raise ValueError(f"{fs.path} holds {n} augmented training views, but the config asks for "
+                         f"features.train_views {expected}; re-run feature extraction")
+    return n
+
+
+def check_features(fs: FeatureSet, checkpoint_path=None, manifest_path=None,
+                   train_views: int | None = None) -> None:
     """Provenance guard of a features file: its recorded checkpoint and split hashes agree with
-    its own provenance record and, when given, with the checkpoint file and split manifest."""
+    its own provenance record and, when given, with the checkpoint file and split manifest; its
+    augmented training views agree with its record and, when given, with ``train_views``
+    (``check_train_views``)."""
     recorded = {"checkpoint": fs.attrs.get("checkpoint_sha256"), "split": fs.attrs.get("split_hash")}
     parents = fs.provenance.get("parents", {})
     for key, value in recorded.items():
@@ -46,25 +76,31 @@ def check_features(fs: FeatureSet, checkpoint_path=None, manifest_path=None) -> 
         if expected != recorded["split"]:
             raise ValueError(f"{fs.path} was extracted on split {recorded['split']}, not on "
                              f"{manifest_path} ({expected}); re-run feature extraction")
+    check_train_views(fs, train_views)
 
 
 def run_stage2(features_path, cfg: dict, seed: int, out_path, threads: int | None = None,
-               checkpoint_path=None, manifest_path=None) -> dict:
+               checkpoint_path=None, manifest_path=None, train_views: int | None = None) -> dict:
     """Fit a features-based stage-2 method and write its predictions. With ``checkpoint_path``
     / ``manifest_path`` the features must have been extracted with that checkpoint on that
-    split (``check_features``). A killed run resumes from ``<out_path>.resume.pt``."""
+    split, with ``train_views`` holding that many augmented training views
+    (``check_features``). With views, the linear methods draw one per image per epoch
+    (``linear.with_train_views``); every other method and the predictions use the clean
+    features. A killed run resumes from ``<out_path>.resume.pt``."""
     gen = setup_torch(seed, threads)
     fs = FeatureSet(features_path)
-    check_features(fs, checkpoint_path, manifest_path)
+    check_features(fs, checkpoint_path, manifest_path, train_views)
     k = len(fs.class_names)
     method = get_method(cfg["method"])(cfg["params"], k)
     if method.needs_encoder:
         raise ValueError(f"stage-2 method {cfg['method']!r} fine-tunes the encoder: run it with "
                          "`lmdlt train-stage2-encoder` (checkpoint, split, images), not on features")
     train, val = fs["train"], fs["val"]
-    log.info("%s on %s: train %d features (per class %s), dim %d", cfg["method"], features_path,
-             len(train["labels"]), np.bincount(train["labels"], minlength=k).tolist(),
-             train["features"].shape[1])
+    log.info("%s on %s: train %d features (per class %s), dim %d, %d augmented views", cfg["method"],
+             features_path, len(train["labels"]), np.bincount(train["labels"], minlength=k).tolist(),
+             train["features"].shape[1], fs.num_train_views)
+    if fs.num_train_views:
+        train = with_train_views(train, fs.train_views)
     parents = {"features": sha256_file(features_path), "checkpoint": fs.attrs["checkpoint_sha256"],
                "split": fs.attrs["split_hash"]}
     method.resume = ResumeState(out_path, run_identity("stage2", cfg, parents, seed))

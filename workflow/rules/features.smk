@@ -1,4 +1,5 @@
-# Feature extraction: features, logits and labels of every split, once per checkpoint.
+# Feature extraction: features, logits and labels of every split, once per checkpoint (and
+# features.train_views augmented passes of the training split; a change of it re-runs this).
 
 
 rule extract_features:
@@ -12,6 +13,7 @@ rule extract_features:
         device=DEVICE,
         precision=config["compute"]["precision"],
         channels_last=config["compute"]["channels_last"],
+        train_views=config["features"]["train_views"],
     threads: THREADS
     log:
         LOGS + "/seed{seed}/features_{s1}.log",
@@ -20,4 +22,5 @@ rule extract_features:
     shell:
         "lmdlt extract --checkpoint {input.checkpoint:q} --split {input.split:q} --images {input.images:q}"
         " --threads {threads} --device {params.device:q} --precision {params.precision:q}"
-        " --channels-last {params.channels_last:q} --out {output:q} > {log:q} 2>&1"
+        " --channels-last {params.channels_last:q} --train-views {params.train_views}"
+        " --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,315 @@
+"""Stage 2 on augmented views (``features.train_views``, docs/train_views.md).
+
+- the features file holds N views of the training split that differ from each other and from
+  the clean features, with the stage-1 classifier's logits of each; N = 0 is the old layout;
+- extraction is deterministic; the views are the stage-1 variant's own training augmentation
+  (with no augmentation they are the clean features; RRL: the weak view);
+- a linear stage-2 method with N views sees, in every epoch, exactly one view per image (a spy
+  on the DataLoader), drawn afresh per epoch, never the clean feature; KD's teacher is the
+  stage-1 classifier's output on the same view;
+- N = 0: bit-identical weights to the code before the change (its loop copied here);
+  NCM / tau-norm / logit adjustment give the same predictions with or without views;
+- the runner refuses a file whose views disagree with its record or with the config.
+"""
+import math
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lmdlt.config import validate_variant
+from lmdlt.data.image_cache import build_image_cache
+from lmdlt.data.samplers import make_sampler, set_sampler_epoch
+from lmdlt.data.sources import get_source
+from lmdlt.data.splits import build_split, write_manifest
+from lmdlt.features import FeatureSet, extract_features, view_transform
+from lmdlt.io import provenance
+from lmdlt.stage2 import get_method
+from lmdlt.stage2 import linear as linear_mod
+from lmdlt.stage2.linear import LINEAR_PARAMS, ViewedFeatures, train_linear, with_train_views
+from lmdlt.stage2.runner import check_train_views, run_stage2
+
+SPLIT = {"protocol": "cui", "imbalance_ratio": 50, "val_per_class": 15, "test_per_class": 30,
+         "n_cap": None, "class_order": "count"}
+N_VIEWS = 3
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """A 1-epoch digits CE checkpoint (padded crop + horizontal flip), its split and cache, and
+    features files with 0 and N_VIEWS views (the latter twice)."""
+    from lmdlt.stage1.trainer import train_stage1
+
+    d = tmp_path_factory.mktemp("views")
+    src = get_source("digits")
+    build_image_cache(src, 8, d / "images.h5", provenance("image_cache", {"size": 8}))
+    index = src.index()
+    write_manifest(d / "split.parquet", build_split(index, SPLIT, 0), index.class_names,
+                   provenance("split", SPLIT, seed=0))
+    cfg = validate_variant("stage1", {"method": "ce", "epochs": 1, "batch_size": 32, "lr": 0.05,
+                                      "augment": {"crop_padding": 1, "hflip": True}})
+    train_stage1(d / "split.parquet", d / "images.h5", cfg, 0, d / "model.pt", threads=1, device="cpu")
+    plain = validate_variant("stage1", {"method": "ce", "epochs": 1, "batch_size": 32, "lr": 0.05})
+    train_stage1(d / "split.parquet", d / "images.h5", plain, 0, d / "plain.pt", threads=1, device="cpu")
+    for name, n, ckpt in (("f0.h5", 0, "model.pt"), ("f3.h5", N_VIEWS, "model.pt"),
+                          ("f3b.h5", N_VIEWS, "model.pt"), ("plain3.h5", N_VIEWS, "plain.pt")):
+        extract_features(d / ckpt, d / "split.parquet", d / "images.h5", d / name, threads=1,
+                         device="cpu", train_views=n)
+    return d
+
+
+def test_file_holds_n_views_that_differ_from_each_other_and_from_the_clean_features(chain):
+    fs0, fs = FeatureSet(chain / "f0.h5"), FeatureSet(chain / "f3.h5")
+    clean = fs["train"]["features"]
+    views, logits = fs.train_views["features"], fs.train_views["logits"]
+    assert views.shape == (N_VIEWS, *clean.shape) and views.dtype == np.float32
+    assert logits.shape == (N_VIEWS, *fs["train"]["logits"].shape)
+    for v in range(N_VIEWS):
+        # most images differ from their clean feature in every view (a padded crop may keep a few)
+        moved = np.abs(views[v] - clean).max(axis=1) > 1e-4
+        assert moved.mean() > 0.5, v
+        for w in range(v):
+            assert (np.abs(views[v] - views[w]).max(axis=1) > 1e-4).mean() > 0.5, (v, w)
+        w_, b_ = fs.classifier["weight"], fs.classifier["bias"]
+        np.testing.assert_allclose(logits[v], views[v] @ w_.T + b_, rtol=1e-4, atol=1e-4)
+    assert fs.num_train_views == N_VIEWS and int(fs.attrs["train_views"]) == N_VIEWS
+    assert "weak" not in fs.provenance["config"]["view_transform"]
+    assert fs.provenance["config"]["view_augment"]["crop_padding"] == 1
+    # N = 0: the layout of before (no /train_views), and the same clean features
+    assert fs0.train_views is None and fs0.num_train_views == 0
+    with h5py.File(chain / "f0.h5") as f:
+        assert "train_views" not in f and sorted(f["train"]) == ["features", "ids", "labels", "logits"]
+    for split in ("train", "val", "test"):
+        for k in ("features", "logits", "labels"):
+            np.testing.assert_array_equal(fs0[split][k], fs[split][k])
+
+
+def test_extraction_is_deterministic(chain):
+    a, b = FeatureSet(chain / "f3.h5"), FeatureSet(chain / "f3b.h5")
+    for k in ("features", "logits"):
+        np.testing.assert_array_equal(a.train_views[k], b.train_views[k])
+    assert a.provenance["config"]["view_seed"] == 0
+
+
+def test_without_augmentation_the_views_are_the_clean_features(chain):
+    """The views go through the stage-1 variant's own augmentation, image by image in the order
+    of /train/ids: with none (crop 0, no flips) they are exactly the clean features."""
+    fs = FeatureSet(chain / "plain3.h5")
+    for v in range(N_VIEWS):
+        np.testing.assert_allclose(fs.train_views["features"][v], fs["train"]["features"], atol=1e-5)
+
+
+def test_rrl_views_use_the_weak_augmentation():
+    cfg = validate_variant("stage1", {"method": "rrl", "epochs": 2, "batch_size": 32, "lr": 0.05,
+                                      "augment": {"crop_padding": 0},
+                                      "params": {"flip": False, "vflip": False}})
+    transform, described = view_transform(cfg, np.array([20, 10, 5]), 16)
+    assert "weak" in described
+    img = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)
+    torch.manual_seed(0)
+    for _ in range(5):  # the weak view is the identity here, the strong one is not
+        assert torch.equal(transform(img), img)
+
+
+# --- the linear methods on views ----------------------------------------------------------
+
+def _synthetic(n=48, c=6, k=3, n_views=4, seed=0):
+    g = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(k), [n // 2, n // 3, n - n // 2 - n // 3])
+    clean = g.normal(size=(n, c)).astype(np.float32)
+    views = (clean[None] + g.normal(size=(n_views, n, c))).astype(np.float32)
+    w, b = g.normal(size=(k, c)).astype(np.float32), g.normal(size=k).astype(np.float32)
+    train = {"features": clean, "labels": labels, "logits": (clean @ w.T + b).astype(np.float32)}
+    tv = {"features": views, "logits": (views @ w.T + b).astype(np.float32)}
+    return train, tv, {"weight": w, "bias": b}
+
+
+class _SpyLoader(DataLoader):
+    epochs: list = []
+
+    def __iter__(self):
+        batches = []
+        _SpyLoader.epochs.append(batches)
+        for xb, yb, ib in super().__iter__():
+            batches.append((xb.clone(), ib.clone()))
+            yield xb, yb, ib
+
+
+def _views_seen(epoch_batches, views, clean):
+    """{image: set of view indices} of one epoch; every row must be one of its image's views."""
+    seen: dict[int, set] = {}
+    for xb, ib in epoch_batches:
+        for row, i in zip(xb.numpy(), ib.tolist()):
+            assert not np.array_equal(row, clean[i]), f"image {i}: the clean feature was trained on"
+            hits = [v for v in range(len(views)) if np.array_equal(row, views[v, i])]
+            assert len(hits) == 1, f"image {i}: a row that is none of its views"
+            seen.setdefault(i, set()).add(hits[0])
+    return seen
+
+
+@pytest.mark.parametrize("method,params", [("crt", {"sampler": "instance"}), ("crt", {}),
+                                           ("lws", {}), ("kd_rebalance", {})])
+def test_a_linear_method_sees_one_view_per_image_per_epoch(monkeypatch, method, params):
+    train, tv, clf = _synthetic()
+    epochs = 6
+    monkeypatch.setattr(linear_mod, "DataLoader", _SpyLoader)
+    _SpyLoader.epochs = []
+    teachers = []
+    if method == "kd_rebalance":
+        from lmdlt.stage2 import kd_rebalance
+
+        real = kd_rebalance.kd_loss
+        monkeypatch.setattr(kd_rebalance, "kd_loss",
+                            lambda s, t, y, w, tau: (teachers.append(t.clone()), real(s, t, y, w, tau))[1])
+    cls = get_method(method)
+    p = validate_variant("stage2", {"method": method, "params": {"epochs": epochs, "batch_size": 16,
+                                                                  **params}})["params"]
+    m = cls(p, 3)
+    viewed = with_train_views(train, tv)
+    m.fit(viewed, train, clf, torch.Generator().manual_seed(0))
+    assert len(_SpyLoader.epochs) == epochs
+    per_epoch = []
+    for e, batches in enumerate(_SpyLoader.epochs):
+        seen = _views_seen(batches, tv["features"], train["features"])
+        assert all(len(s) == 1 for s in seen.values()), f"epoch {e}: an image seen in two views"
+        if p["sampler"] == "instance":
+            assert sorted(seen) == list(range(len(train["labels"])))
+        per_epoch.append({i: next(iter(s)) for i, s in seen.items()})
+    # the draw is fresh per epoch and uses every view (not always the same one)
+    drawn = [v for ep in per_epoch for v in ep.values()]
+    assert set(drawn) == set(range(len(tv["features"])))
+    common = set(per_epoch[0]) & set(per_epoch[1])
+    assert any(per_epoch[0][i] != per_epoch[1][i] for i in common)
+    if method == "kd_rebalance":  # the teacher's logits are those of the same view
+        t_iter = iter(teachers)
+        for e, batches in enumerate(_SpyLoader.epochs):
+            for _, ib in batches:
+                t = next(t_iter).numpy()
+                want = tv["logits"][[per_epoch[e][i] for i in ib.tolist()], ib.numpy()]
+                np.testing.assert_array_equal(t, want)
+        np.testing.assert_array_equal(viewed["logits"], train["logits"])  # restored after the fit
+
+
+def _train_linear_before(features, labels, num_classes, *, epochs, batch_size, lr, momentum,
+                         weight_decay, sampler, generator, init=None, sampler_options=None,
+                         loss_fn=None, after_step=None):
+    """``train_linear`` as it was before train_views (commit c6eb1d7), without resume."""
+    x = torch.as_tensor(features, dtype=torch.float32)
+    y = torch.as_tensor(labels, dtype=torch.int64)
+    layer = init if init is not None else nn.Linear(x.shape[1], num_classes)
+    smp = make_sampler(labels, sampler, generator, epochs=epochs, **(sampler_options or {}))
+    loader = DataLoader(TensorDataset(x, y, torch.arange(len(y))), batch_size=batch_size, sampler=smp)
+    opt = torch.optim.SGD([p for p in layer.parameters() if p.requires_grad], lr=lr, momentum=momentum,
+                          weight_decay=weight_decay)
+    steps = max(epochs * len(loader), 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    for epoch in range(epochs):
+        set_sampler_epoch(smp, epoch)
+        for xb, yb, ib in loader:
+            logits = layer(xb)
+            loss = F.cross_entropy(logits, yb) if loss_fn is None else loss_fn(logits, yb, ib)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if after_step is not None:
+                after_step(layer)
+    return layer
+
+
+@pytest.mark.parametrize("sampler", ["class_balanced", "instance"])
+def test_no_views_is_bit_identical_to_before(sampler):
+    train, _, _ = _synthetic()
+    hp = {k: v["default"] for k, v in LINEAR_PARAMS.items()}
+    outs = []
+    for fn in (_train_linear_before, train_linear):
+        torch.manual_seed(3)
+        outs.append(fn(train["features"], train["labels"], 3, sampler=sampler,
+                       generator=torch.Generator().manual_seed(1), **hp))
+    for a, b in zip(outs[0].state_dict().values(), outs[1].state_dict().values()):
+        assert torch.equal(a, b)
+    # a slice of viewed features carries no views: plain features again
+    viewed = ViewedFeatures(train["features"], _synthetic()[1]["features"])
+    assert viewed[:10].views is None and (viewed + 0).views is None
+
+
+@pytest.mark.parametrize("method", ["crt", "lws", "kd_rebalance"])
+def test_runner_no_views_file_equals_before_and_views_change_the_fit(chain, tmp_path, monkeypatch,
+                                                                   method):
+    cfg = validate_variant("stage2", {"method": method, "params": {"epochs": 3}})
+    preds = {}
+    for name in ("f0.h5", "f3.h5"):
+        run_stage2(chain / name, cfg, 0, tmp_path / f"p_{name}", threads=1,
+                   checkpoint_path=chain / "model.pt", manifest_path=chain / "split.parquet",
+                   train_views=FeatureSet(chain / name).num_train_views)
+        with h5py.File(tmp_path / f"p_{name}") as f:
+            preds[name] = f["test/logits"][:]
+    # the same method by hand, with the pre-change loop, on the N = 0 file: bit-identical
+    import importlib
+
+    from lmdlt.runtime import setup_torch
+
+    fs = FeatureSet(chain / "f0.h5")
+    m = get_method(method)(cfg["params"], len(fs.class_names))
+    monkeypatch.setattr(importlib.import_module(f"lmdlt.stage2.{method}"), "train_linear",
+                        lambda *a, resume=None, name=None, **kw: _train_linear_before(*a, **kw))
+    gen = setup_torch(0, 1)  # as the runner
+    m.fit(fs["train"], fs["val"], fs.classifier, gen)
+    np.testing.assert_array_equal(m.logits(fs["test"]["features"]), preds["f0.h5"])
+    assert not np.array_equal(preds["f0.h5"], preds["f3.h5"])
+
+
+@pytest.mark.parametrize("method", ["ncm", "tau_norm", "logit_adjust"])
+def test_methods_off_the_linear_loop_are_unaffected(chain, tmp_path, method):
+    cfg = validate_variant("stage2", {"method": method, "params": {}})
+    out = []
+    for name in ("f0.h5", "f3.h5"):
+        run_stage2(chain / name, cfg, 0, tmp_path / f"p_{name}", threads=1)
+        with h5py.File(tmp_path / f"p_{name}") as f:
+            out.append(f["test/logits"][:])
+    np.testing.assert_array_equal(*out)
+
+
+def test_runner_checks_views_against_record_and_config(chain, tmp_path):
+    fs = FeatureSet(chain / "f3.h5")
+    assert check_train_views(fs) == N_VIEWS and check_train_views(fs, N_VIEWS) == N_VIEWS
+    cfg = validate_variant("stage2", {"method": "crt", "params": {"epochs": 1}})
+    with pytest.raises(ValueError, match="features.train_views 4"):
+        run_stage2(chain / "f3.h5", cfg, 0, tmp_path / "p.h5", train_views=4)
+    with pytest.raises(ValueError, match="features.train_views 2"):
+        run_stage2(chain / "f0.h5", cfg, 0, tmp_path / "p.h5", train_views=2)
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes((chain / "f3.h5").read_bytes())
+    with h5py.File(bad, "a") as f:  # views lost, record kept
+        del f["train_views"]
+    with pytest.raises(ValueError, match="records train_views 3"):
+        run_stage2(bad, cfg, 0, tmp_path / "p.h5")
+    bad.write_bytes((chain / "f3.h5").read_bytes())
+    with h5py.File(bad, "a") as f:
+        f.attrs["train_views"] = 1
+    with pytest.raises(ValueError, match="inconsistent provenance"):
+        run_stage2(bad, cfg, 0, tmp_path / "p.h5")
+    bad.write_bytes((chain / "f0.h5").read_bytes())
+    with h5py.File(bad, "a") as f:  # views without a record
+        f["train_views/features"] = np.zeros((1, 2, 3), np.float32)
+    with pytest.raises(ValueError, match="records train_views 0"):
+        run_stage2(bad, cfg, 0, tmp_path / "p.h5")
+
+
+def test_config_section_and_rule_param():
+    from pathlib import Path
+
+    from lmdlt.config import validate_config
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = {"dataset": {"name": "d", "source": "digits"}, "split": {"protocol": "cui"}, "seeds": [0],
+           "stage1": {"ce": {"method": "ce"}}}
+    validate_config(cfg, root / "workflow/schemas/config.schema.yaml")
+    assert cfg["features"] == {"train_views": 0}
+    rule = (root / "workflow/rules/features.smk").read_text()
+    assert 'train_views=config["features"]["train_views"]' in rule
+    assert "--train-views {params.train_views}" in rule
