@@ -1,3 +1,3 @@
 """lmdlt: long-tailed medical image classification, reproduced end to end."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -159,9 +159,51 @@ def cmd_validate_config(a):
     print(yaml.safe_dump(load_config(a.config), sort_keys=False))
 
 
+# Help for the options many subcommands share (an option's own help= wins).
+COMMON_HELP = {
+    "--seed": "random seed of the run (the pipeline's seed{N} wildcard)",
+    "--out": "output file; written atomically (a temporary name, then renamed)",
+    "--threads": "torch CPU threads (the Snakemake rule's threads)",
+    "--checkpoint": "stage-1 checkpoint (model.pt)",
+    "--split": "split manifest (split.parquet)",
+    "--images": "decoded-image cache (images_<size>px.h5)",
+    "--features": "feature cache of a stage-1 checkpoint (features.h5)",
+    "--predictions": "a features.h5 or stage-2 predictions.h5 to score",
+    "--split-name": "split to score (test by default; val for model selection checks)",
+    "--rows": "the table's rows as JSON: label, stage-1/stage-2 variants, metric files per seed",
+    "--metrics": "metric columns, in order (lmdlt.metrics names)",
+    "--groups": "head/medium/tail rule as JSON (the config's groups section)",
+    "--title": "title printed above the table or figure",
+    "--out-md": "Markdown output file",
+    "--out-csv": "CSV output file (the table's numbers, unrounded)",
+    "--out-tex": "LaTeX output file",
+    "--out-png": "PNG output file",
+    "--out-pdf": "PDF output file (optional)",
+    "--spec": "the report spec as JSON (built by workflow/rules/report.smk from the config)",
+    "--fig4-png": "Fig. 4 (head/medium/tail t-SNE) PNG output",
+    "--fig4-pdf": "Fig. 4 PDF output (optional)",
+    "--fig5-png": "Fig. 5 (tail-class t-SNE) PNG output",
+    "--fig5-pdf": "Fig. 5 PDF output (optional)",
+    "manifest": "split manifest (split.parquet) to describe",
+    "config": "config file (YAML) to validate",
+}
+
+
+def _fill_help(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _fill_help(sub)
+        elif not action.help and not isinstance(action, argparse._HelpAction):
+            key = action.option_strings[-1] if action.option_strings else action.dest
+            action.help = COMMON_HELP.get(key)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lmdlt", description=__doc__.splitlines()[0])
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"lmdlt {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name, fn, help_):
@@ -295,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("validate-config", cmd_validate_config, "validate a config file and print it with defaults filled")
     s.add_argument("config", type=Path)
+    _fill_help(p)
     return p
 
 
@@ -305,8 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.fn(args)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        logging.getLogger("lmdlt").error("%s", e)
-        print(f"lmdlt {args.command}: error: {e}", file=sys.stderr)
+        print(f"lmdlt {args.command}: error: {e}", file=sys.stderr)  # one line, not a log line too
         return 1
     return 0
 

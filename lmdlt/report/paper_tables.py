@@ -168,7 +168,8 @@ def _cells(table: pd.DataFrame, metrics: list[str]) -> dict[tuple[str, str], tup
                 out[(r["row"], m)] = ("not run" if not str(r["run"] or "") else "–", False, False)
                 continue
             fewer = 0 < int(r[f"{m}_n"]) < int(r["n_seeds_expected"])
-            out[(r["row"], m)] = (f"{_pct(mean)} ± {_pct(std)}", bool(np.isclose(mean, best)), fewer)
+            text = _pct(mean) if int(r[f"{m}_n"]) < 2 else f"{_pct(mean)} ± {_pct(std)}"  # no "± 0.00" for one seed
+            out[(r["row"], m)] = (text, bool(np.isclose(mean, best)), fewer)
     return out
 
 

@@ -50,7 +50,8 @@ def to_markdown(table: pd.DataFrame, metrics: list[str], title: str, caption: st
             if np.isnan(mean):
                 cells.append("–")
                 continue
-            txt = f"{100 * mean:.2f} ± {100 * std:.2f}"
+            # one seed has no spread to show: no "± 0.00"
+            txt = f"{100 * mean:.2f}" if r[f"{m}_n"] < 2 else f"{100 * mean:.2f} ± {100 * std:.2f}"
             txt = f"**{txt}**" if np.isclose(mean, best[m]) else txt
             if r[f"{m}_n"] < r["n_seeds"]:  # the metric is missing from some seeds' files
                 txt += " †"
