@@ -95,6 +95,27 @@ def test_extraction_is_deterministic(chain):
     assert a.provenance["config"]["view_seed"] == 0
 
 
+def test_views_are_drawn_from_their_own_seed():
+    """``augmented_views``: the same for a seed whatever the global random state, different for
+    another seed, and the global random state is left as it was."""
+    from lmdlt.data.transforms import train_transform
+    from lmdlt.features import augmented_views
+
+    images = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 1), dtype=np.uint8)
+    t = train_transform({"crop_padding": 2, "hflip": True}, 8)
+    torch.manual_seed(123)
+    a = augmented_views(images, t, 2, seed=5)
+    torch.manual_seed(456)
+    b = augmented_views(images, t, 2, seed=5)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, augmented_views(images, t, 2, seed=6))
+    assert not np.array_equal(a[0], a[1])
+    torch.manual_seed(9)
+    state = torch.get_rng_state()
+    augmented_views(images, t, 1, seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_without_augmentation_the_views_are_the_clean_features(chain):
     """The views go through the stage-1 variant's own augmentation, image by image in the order
     of /train/ids: with none (crop 0, no flips) they are exactly the clean features."""
