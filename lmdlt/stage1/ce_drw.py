@@ -8,8 +8,13 @@ Reference (github.com/kaidic/LDAM-DRW, commit 2536330), ``cifar_train.py``:
 (l.210-211) with the DRW weights of l.199-206 (``idx = epoch // 160`` of 200 epochs, l.43;
 betas [0, 0.9999]). Defaults: drw_start 0.8 (= 160 / 200), drw_beta 0.9999. The DRW logic is
 ``ldam.DeferredReweighting`` (shared with ``ldam``).
-Departures: as ``ldam``'s (the trainer's cosine schedule instead of the reference's warm-up and
-step decay at the DRW epoch; best-validation selection may keep a pre-DRW epoch)."""
+Learning-rate schedule and selection: as ``ldam``'s (``DeferredReweighting``): the reference's
+``adjust_learning_rate`` (l.366-376, the same script and schedule for ``--loss_type CE``) scaled
+to the run by default (``lr_schedule: reference``: warm-up over the first 5/200 of the run, x0.01
+from the DRW epoch, x0.0001 from floor(0.9 E)), the variant's cosine as ``lr_schedule: trainer``;
+``select: best_val`` keeps only epochs from the DRW epoch on.
+Departures: as ``ldam``'s (warm-up stepped per optimiser step; best validation epoch, not the
+reference's best test epoch)."""
 from __future__ import annotations
 
 import torch.nn.functional as F
