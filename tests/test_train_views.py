@@ -334,3 +334,31 @@ def test_config_section_and_rule_param():
     rule = (root / "workflow/rules/features.smk").read_text()
     assert 'train_views=config["features"]["train_views"]' in rule
     assert "--train-views {params.train_views}" in rule
+
+
+def test_an_interrupted_views_fit_resumes_bit_identical(tmp_path):
+    from lmdlt.resume import ResumeState
+
+    train, tv, _ = _synthetic()
+    hp = {**{k: v["default"] for k, v in LINEAR_PARAMS.items()}, "epochs": 5, "batch_size": 16}
+
+    def fit(resume=None, stop_at=None):
+        steps = {"n": 0}
+
+        def after(layer):
+            steps["n"] += 1
+            if steps["n"] == stop_at:
+                raise RuntimeError("killed")
+
+        torch.manual_seed(0)
+        return train_linear(ViewedFeatures(train["features"], tv["features"]), train["labels"], 3,
+                            sampler="class_balanced", generator=torch.Generator().manual_seed(1),
+                            resume=resume, after_step=after, **hp)
+
+    whole = fit()
+    state = ResumeState(tmp_path / "p.h5", {"run": "views"})
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(state, stop_at=8)  # in epoch 3 (3 steps per epoch)
+    resumed = fit(ResumeState(tmp_path / "p.h5", {"run": "views"}))
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)

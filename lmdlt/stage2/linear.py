@@ -113,7 +113,7 @@ def train_linear(features: np.ndarray, labels: np.ndarray, num_classes: int, *, 
             table_t, view_logits_t = torch.from_numpy(table), torch.from_numpy(features.view_logits)
             clean_logits = table_t.clone()
         log.info("%s: one of %d augmented views per image per epoch%s", name, len(views),
-                 " (teacher logits per view)" if table is not None else "")
+                 ", train['logits'] per view" if table is not None else "")
     y = torch.as_tensor(labels, dtype=torch.int64)
     layer = init if init is not None else nn.Linear(x.shape[1], num_classes)
     smp = make_sampler(labels, sampler, generator, epochs=epochs, **(sampler_options or {}))
