@@ -362,3 +362,20 @@ def test_an_interrupted_views_fit_resumes_bit_identical(tmp_path):
     resumed = fit(ResumeState(tmp_path / "p.h5", {"run": "views"}))
     for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_the_views_are_drawn_with_the_fits_generator(monkeypatch):
+    train, tv, _ = _synthetic()
+    monkeypatch.setattr(linear_mod, "DataLoader", _SpyLoader)
+    hp = {**{k: v["default"] for k, v in LINEAR_PARAMS.items()}, "epochs": 3, "batch_size": 16}
+
+    def drawn(gen_seed, global_seed):
+        _SpyLoader.epochs = []
+        torch.manual_seed(global_seed)
+        train_linear(ViewedFeatures(train["features"], tv["features"]), train["labels"], 3,
+                     sampler="instance", generator=torch.Generator().manual_seed(gen_seed), **hp)
+        return [sorted((i, v) for i, s in _views_seen(b, tv["features"], train["features"]).items()
+                       for v in s) for b in _SpyLoader.epochs]
+
+    assert drawn(1, 0) == drawn(1, 5)  # the global random state plays no part
+    assert drawn(1, 0) != drawn(2, 0)
