@@ -27,7 +27,7 @@ LMD_TESTS = ["tests/test_lmd_behaviour.py", "tests/test_lmd.py", "tests/test_vfc
 
 BASELINE_TESTS = ["tests/test_method_defaults.py", "tests/test_baselines_reference.py",
                   "tests/test_stage2_methods.py", "tests/test_stage1_losses.py",
-                  "tests/test_reference_schedules.py"]
+                  "tests/test_reference_schedules.py", "tests/test_baselines_mutants.py"]
 
 # the baselines (issue 14): every stage-1/stage-2 module but LMD's (rrl, icc, vfc, gaussian)
 BASELINE_MUTANTS = [
