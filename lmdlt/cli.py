@@ -159,6 +159,21 @@ def cmd_validate_config(a):
     print(yaml.safe_dump(load_config(a.config), sort_keys=False))
 
 
+def cmd_init(a):
+    from .init_experiment import init_experiment, summary
+
+    config = init_experiment(a.data, a.out, name=a.name, scale=a.scale, force=a.force)
+    print(f"wrote {a.out}: {summary(config)}")
+    print(f"run it:   snakemake --cores {2 if a.scale == 'cpu' else 8} --configfile {a.out}")
+    print(f"progress: lmdlt status {config['results_dir']}/{config['dataset']['name']}")
+
+
+def cmd_status(a):
+    from .status import status_text
+
+    print(status_text(a.path, include_all=a.all))
+
+
 # Help for the options many subcommands share (an option's own help= wins).
 COMMON_HELP = {
     "--seed": "random seed of the run (the pipeline's seed{N} wildcard)",
@@ -334,6 +349,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", type=_json, required=True)
     s.add_argument("--out-png", required=True)
     s.add_argument("--out-pdf", default=None)
+
+    s = add("init", cmd_init,
+            "write a ready experiment config for your own images (an ImageFolder tree or a CSV "
+            "of path,label[,group]) from a look at the data")
+    s.add_argument("data", help="an ImageFolder root (one sub-folder per class) or a CSV file "
+                                "listing path,label[,group] (paths relative to the CSV's folder)")
+    s.add_argument("--out", default="experiment.yaml",
+                   help="config file to write (default experiment.yaml); run it with "
+                        "snakemake --configfile <out>")
+    s.add_argument("--name", default=None,
+                   help="experiment name, the results/<name>/ folder (default: from the data's folder name)")
+    s.add_argument("--scale", default="cpu", choices=["cpu", "gpu"],
+                   help="cpu: 28 px, small ResNet (width 16), 20 epochs; gpu: 224 px, resnet18, "
+                        "the paper's epochs and ICC scale")
+    s.add_argument("--force", action="store_true", help="overwrite --out when it exists")
+
+    s = add("status", cmd_status,
+            "print every job of an experiment that is running, done or failed, from its logs "
+            "(stage, variant, seed, epoch/iteration k/N, last val BACC, elapsed, ETA)")
+    s.add_argument("path", nargs="?", default="results",
+                   help="results/<dataset> (default: every experiment under results/)")
+    s.add_argument("--all", action="store_true",
+                   help="also list finished evaluation and report jobs")
 
     s = add("validate-config", cmd_validate_config, "validate a config file and print it with defaults filled")
     s.add_argument("config", type=Path)

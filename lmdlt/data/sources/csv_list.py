@@ -1,0 +1,154 @@
+"""A CSV list of images: one row per image, ``path,label[,group]``.
+
+``dataset.root`` is the CSV file itself, or a folder holding it (``dataset.options.csv``, by
+default ``labels.csv``)::
+
+    path,label,group
+    images/0001.png,benign,patient_17
+    images/0002.png,malignant,patient_17
+    /data/other/0003.png,benign,patient_02
+
+* ``path``: relative to the CSV's folder (or to ``dataset.options.image_root``), where it must
+  stay (a '..' that climbs out is refused), or absolute (the list names it: use lists you trust).
+* ``label``: a class name (any text; classes are the sorted names, numerically when every name
+  is an integer, unless ``dataset.options.class_names`` lists them, in head-to-tail or any order).
+* ``group`` (optional): a patient, lesion, video... id. With ``split.grouped: true`` (``lmd`` and
+  ``random`` protocols) every group goes whole to one split, so near-duplicates of one patient
+  never sit in train and test. ``dataset.options.group_column``: ``null`` (the default) uses a
+  ``group`` column when the CSV has one; a name requires that column.
+
+Column names: ``dataset.options.path_column``, ``label_column``, ``group_column``. Every image
+file is checked to exist when the index is read (a stat, no decoding), so a missing file stops the
+run before any job starts. Errors name the CSV file and the row (``row 3 (line 4)``: data rows
+count from 1 after the header line).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import Source, SourceIndex, register_source
+from ._files import FileImagesMixin, inside, load_images, read_csv, require_root
+
+
+def _row(i: int) -> str:
+    return f"row {i + 1} (line {i + 2})"
+
+
+def sort_class_names(names) -> list[str]:
+    """Sorted class names: numerically when every name is an integer ('2' before '10')."""
+    names = sorted(set(names))
+    try:
+        return sorted(names, key=int)
+    except ValueError:
+        return names
+
+
+@register_source("csv")
+class CSVListSource(FileImagesMixin, Source):
+    options = {
+        "csv": "labels.csv",
+        "path_column": "path",
+        "label_column": "label",
+        "group_column": None,
+        "class_names": None,
+        "image_root": None,
+        "channels": 3,
+    }
+
+    @property
+    def channels(self) -> int:  # type: ignore[override]
+        c = self.opts["channels"]
+        if c not in (1, 3):
+            raise ValueError(f"dataset.options.channels must be 1 or 3, got {c!r}")
+        return c
+
+    def csv_path(self) -> Path:
+        root = require_root(self.name, self.root)
+        if root.is_dir():
+            name = Path(str(self.opts["csv"])).expanduser()
+            p = name if name.is_absolute() else root / name
+        else:
+            p = root
+        if not p.is_file():
+            raise FileNotFoundError(f"image list CSV {str(p)!r} not found")
+        return p
+
+    def image_root(self) -> Path:
+        base = self.opts["image_root"]
+        csv_dir = self.csv_path().parent
+        if base is None:
+            return csv_dir
+        b = Path(str(base)).expanduser()
+        return Path(os.path.abspath(b if b.is_absolute() else csv_dir / b))
+
+    def resolve(self, rel: str) -> Path:
+        p = Path(rel).expanduser()
+        if p.is_absolute():
+            return p
+        return inside(self.image_root(), rel)
+
+    def index(self) -> SourceIndex:
+        path = self.csv_path()
+        where = f"image list CSV {str(path)!r}"
+        pcol, lcol, gcol = (self.opts["path_column"], self.opts["label_column"],
+                            self.opts["group_column"])
+        df = read_csv(path, [pcol, lcol] + ([gcol] if gcol else []), "image list CSV")
+        if gcol is None and "group" in df.columns:
+            gcol = "group"
+        if df.empty:
+            raise ValueError(f"{where} has no rows")
+        paths = df[pcol].str.strip()
+        labels = df[lcol].str.strip()
+        root = self.image_root()
+        for i, (p, y) in enumerate(zip(paths, labels)):
+            if p == "":
+                raise ValueError(f"{where} {_row(i)}: empty {pcol!r}")
+            if y == "":
+                raise ValueError(f"{where} {_row(i)}: empty label ({lcol!r}) for image {p!r}")
+            try:
+                full = self.resolve(p)
+            except ValueError as e:
+                raise ValueError(f"{where} {_row(i)}: {e}") from None
+            if not full.is_file():
+                raise FileNotFoundError(f"{where} {_row(i)}: image file {str(full)!r} not found"
+                                        + ("" if Path(p).is_absolute()
+                                           else f" (paths are relative to {str(root)!r})"))
+        dup = paths.duplicated(keep=False)
+        if dup.any():
+            rows = np.flatnonzero(dup.to_numpy())[:2]
+            raise ValueError(f"{where}: image {paths.iloc[rows[0]]!r} is listed twice "
+                             f"({_row(rows[0])} and {_row(rows[1])})")
+        names = self.opts["class_names"]
+        if names:
+            names = [str(n) for n in names]
+            lookup = {n: k for k, n in enumerate(names)}
+            for i, y in enumerate(labels):
+                if y not in lookup:
+                    raise ValueError(f"{where} {_row(i)}: label {y!r} is not in "
+                                     f"dataset.options.class_names {names}")
+        else:
+            names = sort_class_names(labels)
+            lookup = {n: k for k, n in enumerate(names)}
+        table = pd.DataFrame({
+            "id": paths.to_numpy(),
+            "label": np.array([lookup[y] for y in labels], dtype=np.int64),
+            "path": paths.to_numpy(),
+        })
+        if gcol:
+            groups = df[gcol].str.strip()
+            empty = np.flatnonzero(groups.eq("").to_numpy())
+            if len(empty):
+                raise ValueError(f"{where} {_row(empty[0])}: empty group ({gcol!r}) for image "
+                                 f"{paths.iloc[empty[0]]!r} (give every image a group, or leave "
+                                 "the column out)")
+            table["group"] = groups.to_numpy()
+        return SourceIndex(table, list(names))
+
+    def images(self, table: pd.DataFrame, size: int | None) -> np.ndarray:
+        if "path" not in table.columns:
+            raise ValueError(f"source {self.name!r}: the index has no 'path' column")
+        return load_images([self.resolve(p) for p in table["path"]], size, self.channels)
