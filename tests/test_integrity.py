@@ -399,3 +399,84 @@ def test_lmdlt_validate_config_names_file_line_and_column(tmp_path):
                            str(tmp_path / "bad.yaml")], capture_output=True, text=True)
     assert proc.returncode != 0
     assert "bad.yaml" in proc.stderr and "line 2, column 7" in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------------ 6. the cache property without .snakemake/
+
+import copy  # noqa: E402
+import shutil  # noqa: E402
+
+from conftest import dry_run_jobs, read_config  # noqa: E402
+
+TINY = {
+    "dataset": {"name": "digits-lt", "source": "digits", "image_size": 8},
+    "split": {"protocol": "cui", "imbalance_ratio": 50, "val_per_class": 15, "test_per_class": 30},
+    "seeds": [0],
+    "groups": {"rule": "rank", "sizes": [3, 4, 3]},
+    "compute": {"threads": 1},
+    "stage1": {"ce": {"method": "ce", "label": "CE", "epochs": 1, "batch_size": 64}},
+    "stage2": {"crt": {"method": "crt", "label": "cRT", "params": {"epochs": 1}}},
+}
+REPORT_JOBS = {"results_table": 1, "per_class_recall_figure": 1, "all": 1}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 1-seed digits run (CE 1 epoch, cRT 1 epoch), fully run."""
+    work = tmp_path_factory.mktemp("tiny")
+    write_config(work, TINY)
+    run_snakemake(work, "--cores", "2")
+    return work
+
+
+def fresh_clone(run: Path, dest: Path, change=None) -> Path:
+    """`cp -a results` into a directory without .snakemake/ (results on shared storage)."""
+    dest.mkdir()
+    shutil.copytree(run / "results", dest / "results", symlinks=True)  # copy2: mtimes kept
+    cfg = copy.deepcopy(read_config(run))
+    if change:
+        change(cfg)
+    write_config(dest, cfg)
+    return dest
+
+
+def results_state(work: Path) -> dict:
+    return {str(p.relative_to(work)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in (work / "results").rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_fresh_clone_over_existing_results_schedules_exactly_the_right_jobs(tiny_run, tmp_path):
+    """Without .snakemake/ metadata: nothing to do as is; a new stage-2 variant, a new seed, a
+    changed stage-2 parameter each schedule exactly their jobs and the report (the stage-1
+    checkpoint and features are not rebuilt); a dry-run writes nothing into results."""
+    assert dry_run_jobs(fresh_clone(tiny_run, tmp_path / "same")) == {}
+
+    def add_variant(cfg):
+        cfg["stage2"]["ncm"] = {"method": "ncm"}
+    work = fresh_clone(tiny_run, tmp_path / "variant", add_variant)
+    before = results_state(work)
+    assert dry_run_jobs(work) == {"train_stage2": 1, "evaluate_stage2": 1, **REPORT_JOBS}
+    assert results_state(work) == before, "a dry-run wrote into results"
+
+    def add_seed(cfg):
+        cfg["seeds"] = [0, 1]
+    assert dry_run_jobs(fresh_clone(tiny_run, tmp_path / "seed", add_seed)) == {
+        "split": 1, "train_stage1": 1, "extract_features": 1, "evaluate_stage1": 1,
+        "train_stage2": 1, "evaluate_stage2": 1, **REPORT_JOBS}
+
+    def change_param(cfg):
+        cfg["stage2"]["crt"]["params"]["epochs"] = 2
+    work = fresh_clone(tiny_run, tmp_path / "param", change_param)
+    expected = {"train_stage2": 1, "evaluate_stage2": 1, **REPORT_JOBS}
+    assert dry_run_jobs(work) == expected
+    # run it: then nothing to do, also in a fresh clone of that; back to the old value re-runs
+    run_snakemake(work, "--cores", "2")
+    assert dry_run_jobs(work) == {}
+    again = tmp_path / "param_clone"
+    again.mkdir()
+    shutil.copytree(work / "results", again / "results", symlinks=True)
+    shutil.copy(work / "config.yaml", again / "config.yaml")
+    assert dry_run_jobs(again) == {}
+    write_config(again, read_config(tiny_run))
+    assert dry_run_jobs(again) == expected

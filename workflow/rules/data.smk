@@ -14,12 +14,17 @@ rule image_cache:
         "lmdlt cache --dataset {params.dataset:q} --size {wildcards.size} --out {output:q} > {log:q} 2>&1"
 
 
+def split_params():
+    return {"dataset": as_json(source_params()), "split": as_json(config["split"])}
+
+
 rule split:
+    input:
+        params=lambda w: params_stamp(SPLIT.format(**w), split_params()),
     output:
         SPLIT,
     params:
-        dataset=as_json(source_params()),
-        split=as_json(config["split"]),
+        **split_params(),
     log:
         LOGS + "/seed{seed}/split.log",
     benchmark:

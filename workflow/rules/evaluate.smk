@@ -6,6 +6,7 @@ rule evaluate_stage1:
     input:
         predictions=FEATURES,
         split=SPLIT,
+        params=lambda w: params_stamp(STAGE1_METRICS.format(**w), {"groups": as_json(config["groups"])}),
     output:
         STAGE1_METRICS,
     params:
@@ -23,6 +24,7 @@ rule evaluate_stage2:
     input:
         predictions=PREDICTIONS,
         split=SPLIT,
+        params=lambda w: params_stamp(STAGE2_METRICS.format(**w), {"groups": as_json(config["groups"])}),
     output:
         STAGE2_METRICS,
     params:

@@ -7,6 +7,10 @@ rule extract_features:
         checkpoint=CHECKPOINT,
         split=SPLIT,
         images=IMAGES,
+        params=lambda w: params_stamp(FEATURES.format(**w), {
+            "device": DEVICE, "precision": config["compute"]["precision"],
+            "channels_last": config["compute"]["channels_last"],
+            "train_views": config["features"]["train_views"]}),
     output:
         FEATURES,
     params:

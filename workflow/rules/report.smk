@@ -2,18 +2,25 @@
 # aggregated from the per-run metric files only.
 
 
+def results_table_params():
+    return {"rows": as_json(report_rows()), "metrics": as_json(config["report"]["metrics"]),
+            "groups": as_json(config["groups"]), "title": config["report"]["title"]}
+
+
+def figure_params():
+    return {"rows": as_json(report_rows()), "title": config["report"]["title"]}
+
+
 rule results_table:
     input:
         [f for row in report_rows() for f in row["files"].values()],
+        params=lambda w: params_stamp([REPORT_TABLE_MD, REPORT_TABLE_CSV], results_table_params()),
     output:
         md=report(REPORT_TABLE_MD, caption="../report/results_table.rst", category="Tables",
                   labels={"table": "all runs"}),
         csv=REPORT_TABLE_CSV,
     params:
-        rows=as_json(report_rows()),
-        metrics=as_json(config["report"]["metrics"]),
-        groups=as_json(config["groups"]),
-        title=config["report"]["title"],
+        **results_table_params(),
     log:
         f"{LOGS}/results_table.log",
     benchmark:
@@ -27,13 +34,13 @@ rule results_table:
 rule per_class_recall_figure:
     input:
         [f for row in report_rows() for f in row["files"].values()],
+        params=lambda w: params_stamp([REPORT_FIGURE, REPORT_FIGURE_PDF], figure_params()),
     output:
         png=report(REPORT_FIGURE, caption="../report/per_class_recall.rst", category="Figures",
                    labels={"figure": "per-class recall"}),
         pdf=REPORT_FIGURE_PDF,
     params:
-        rows=as_json(report_rows()),
-        title=config["report"]["title"],
+        **figure_params(),
     log:
         f"{LOGS}/per_class_recall_figure.log",
     benchmark:
@@ -114,6 +121,8 @@ REPORT_FILES += [f"{config['results_dir']}/combined/{t}.{ext}" for t in COMBINED
 rule paper_table:
     input:
         table_inputs,
+        params=lambda w: params_stamp([f"{TABLES}/{w.table}.{e}" for e in ("csv", "md", "tex")],
+                                      {"spec": as_json(TABLE_SPECS[w.table])}),
     output:
         csv=f"{TABLES}/{{table}}.csv",
         md=report(f"{TABLES}/{{table}}.md", caption="../report/table.rst", category="Tables",
@@ -135,7 +144,9 @@ rule paper_table:
 
 rule combined_table:
     input:
-        lambda w: COMBINED[w.table]["csv"],
+        csv=lambda w: COMBINED[w.table]["csv"],
+        params=lambda w: params_stamp([f"{config['results_dir']}/combined/{w.table}.{e}" for e in ("md", "tex")],
+                                      {"absent": COMBINED[w.table]["absent"]}),
     output:
         md=report(f"{config['results_dir']}/combined/{{table}}.md", caption="../report/combined.rst",
                   category="Tables", labels={"table": "{table} (combined)"}),
@@ -150,13 +161,15 @@ rule combined_table:
         f"{BENCHMARKS}/report/combined_table_{{table}}.tsv"
     localrule: True
     shell:
-        "lmdlt report-combine {input:q} --label {wildcards.table} --absent {params.absent:q}"
+        "lmdlt report-combine {input.csv:q} --label {wildcards.table} --absent {params.absent:q}"
         " --out-md {output.md:q} --out-tex {output.tex:q} > {log:q} 2>&1"
 
 
 rule sweep_figure:
     input:
         sweep_inputs,
+        params=lambda w: params_stamp([f"{FIGURES}/{w.figure}.{e}" for e in ("png", "pdf")],
+                                      {"spec": as_json(FIGURE_SPECS[w.figure])}),
     output:
         png=report(f"{FIGURES}/{{figure}}.png", caption="../report/sweep_figure.rst", category="Figures",
                    labels={"figure": "{figure}"}),
@@ -178,6 +191,9 @@ rule sweep_figure:
 rule tsne_figures:
     input:
         [r["features"] for r in FIGURE_SPECS.get("tsne", {}).get("runs", [])],
+        params=lambda w: params_stamp([f"{FIGURES}/fig{n}.{e}" for n in (4, 5) for e in ("png", "pdf")],
+                                      {"spec": as_json(FIGURE_SPECS.get("tsne")),
+                                       "groups": as_json(config["groups"])}),
     output:
         fig4_png=report(f"{FIGURES}/fig4.png", caption="../report/tsne.rst", category="Figures",
                         labels={"figure": "fig4"}),
@@ -201,6 +217,8 @@ rule tsne_figures:
 rule class_distribution_figure:
     input:
         list(FIGURE_SPECS.get("class_distribution", {}).get("splits", {}).values()),
+        params=lambda w: params_stamp([f"{FIGURES}/class_distribution.{e}" for e in ("png", "pdf")],
+                                      {"spec": as_json(FIGURE_SPECS.get("class_distribution"))}),
     output:
         png=report(f"{FIGURES}/class_distribution.png", caption="../report/class_distribution.rst",
                    category="Figures", labels={"figure": "class distribution"}),

@@ -6,14 +6,21 @@ STAGE1_PROCESSES = config["compute"]["stage1_processes"]
 STAGE1_LAUNCH = ("lmdlt" if STAGE1_PROCESSES == 1
                  else f"torchrun --standalone --nproc_per_node {STAGE1_PROCESSES} -m lmdlt.cli")
 
+def stage1_params(s1):
+    return {"variant": as_json(config["stage1"][s1]), "device": DEVICE,
+            "precision": config["compute"]["precision"],
+            "channels_last": config["compute"]["channels_last"], "launch": STAGE1_LAUNCH}
+
+
 rule train_stage1:
     input:
         split=SPLIT,
         images=IMAGES,
+        params=lambda w: params_stamp(CHECKPOINT.format(**w), stage1_params(w.s1)),
     output:
         CHECKPOINT,
     params:
-        variant=lambda w: as_json(config["stage1"][w.s1]),
+        variant=lambda w: stage1_params(w.s1)["variant"],
         device=DEVICE,
         precision=config["compute"]["precision"],
         channels_last=config["compute"]["channels_last"],

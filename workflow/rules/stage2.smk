@@ -12,6 +12,7 @@ rule train_stage2:
         features=FEATURES,
         checkpoint=CHECKPOINT,  # read only to check the features' provenance
         split=SPLIT,
+        params=lambda w: params_stamp(PREDICTIONS.format(**w), {"variant": as_json(config["stage2"][w.s2])}),
     output:
         PREDICTIONS,
     wildcard_constraints:
@@ -34,6 +35,8 @@ rule train_stage2_encoder:
         checkpoint=CHECKPOINT,
         split=SPLIT,
         images=IMAGES,
+        params=lambda w: params_stamp(PREDICTIONS.format(**w), {"variant": as_json(config["stage2"][w.s2]),
+                                                                "device": DEVICE}),
     output:
         PREDICTIONS,
     wildcard_constraints:
