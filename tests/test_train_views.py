@@ -284,9 +284,10 @@ def test_runner_no_views_file_equals_before_and_views_change_the_fit(chain, tmp_
     assert not np.array_equal(preds["f0.h5"], preds["f3.h5"])
 
 
-@pytest.mark.parametrize("method", ["ncm", "tau_norm", "logit_adjust"])
+@pytest.mark.parametrize("method", ["ncm", "tau_norm", "logit_adjust", "vfc"])
 def test_methods_off_the_linear_loop_are_unaffected(chain, tmp_path, method):
-    cfg = validate_variant("stage2", {"method": method, "params": {}})
+    small = {"vfc": {"virtual_per_class": 20, "m_epochs": 1}}.get(method, {})
+    cfg = validate_variant("stage2", {"method": method, "params": small})
     out = []
     for name in ("f0.h5", "f3.h5"):
         run_stage2(chain / name, cfg, 0, tmp_path / f"p_{name}", threads=1)
