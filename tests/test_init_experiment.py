@@ -1,8 +1,6 @@
 """`lmdlt init` on generated data, and the `csv` source it can point at."""
 from __future__ import annotations
 
-import math
-import os
 
 import numpy as np
 import pandas as pd
@@ -214,15 +212,18 @@ def test_init_then_snakemake_configfile_writes_the_results_table(tmp_path):
     work.mkdir()
     exp = work / "experiment.yaml"
     assert main(["init", str(tree), "--out", str(exp)]) == 0
-    tiny = [
-        "seeds=[0]",
-        "dataset={image_size: 8}",
-        "stage1={ce: {epochs: 2, batch_size: 16}, rrl: {epochs: 2, batch_size: 16,"
-        " params: {consistency_start_epoch: 1}}}",
-        "stage2={crt: {params: {epochs: 2, batch_size: 16}}, icc: {params: {iterations: 1,"
-        " virtual_per_class: 20, m_batch_size: 32, e_batch_size: 16}}}",
-    ]
-    run_snakemake(work, "--cores", "2", "--configfile", str(exp), "--config", *tiny)
+    # a tiny scale as an overlay file (Snakemake's --config reads nested values as strings)
+    tiny = {
+        "seeds": [0],
+        "dataset": {"image_size": 8},
+        "stage1": {"ce": {"epochs": 2, "batch_size": 16},
+                   "rrl": {"epochs": 2, "batch_size": 16, "params": {"consistency_start_epoch": 1}}},
+        "stage2": {"crt": {"params": {"epochs": 2, "batch_size": 16}},
+                   "icc": {"params": {"iterations": 1, "virtual_per_class": 20,
+                                      "m_batch_size": 32, "e_batch_size": 16}}},
+    }
+    (work / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    run_snakemake(work, "--cores", "2", "--configfile", str(exp), str(work / "tiny.yaml"))
     root = work / "results" / "mine"
     table = pd.read_csv(root / "tables" / "results.csv")
     assert {"CE", "RRL", "CE + cRT", "RRL + ICC", "RRL + ICC w/o FDC"} <= set(table["row"])
