@@ -36,7 +36,7 @@ import torch
 
 from .data.image_cache import ImageCache
 from .data.splits import SPLITS, read_manifest
-from .io import atomic_path, h5_read_provenance, h5_write_provenance, provenance, sha256_file
+from .io import atomic_path, h5_read_provenance, h5_write_provenance, open_h5, provenance, sha256_file
 from .runtime import autocast, resolve_precision, select_device, setup_torch, use_channels_last
 from .models.checkpoint import load_checkpoint
 
@@ -183,7 +183,7 @@ class FeatureSet:
 
     def __init__(self, path) -> None:
         self.path = str(path)
-        with h5py.File(path, "r") as f:
+        with open_h5(path, "features/predictions file") as f:
             self.provenance = h5_read_provenance(f)
             self.attrs = {k: f.attrs[k] for k in f.attrs if k != "provenance"}
             self.class_names = [str(c) for c in f.attrs["class_names"]]

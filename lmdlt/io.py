@@ -12,6 +12,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
@@ -62,7 +63,11 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON artefact; a truncated or corrupt one is an ``ArtefactError`` naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise unreadable(path, "JSON file", e) from None
 
 
 def _json_default(o: Any) -> Any:
@@ -123,6 +128,59 @@ def provenance(stage: str, config: Any, parents: dict[str, str] | None = None,
         "code_version": code_version(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+class ArtefactError(ValueError):
+    """An artefact that exists but cannot be read (truncated, corrupt, not what it should be)."""
+
+
+# which rule writes which artefact (workflow/rules/*.smk), for the rebuild hint
+_PRODUCERS = {
+    "model.pt": "train_stage1",
+    "features.h5": "extract_features",
+    "predictions.h5": "train_stage2 or train_stage2_encoder",
+    "metrics.json": "evaluate_stage1 or evaluate_stage2",
+    "split.parquet": "split",
+}
+
+
+def rebuild_hint(path: str | os.PathLike) -> str:
+    """How to rebuild an unreadable artefact: delete it, or force its producer on that file."""
+    name = Path(path).name
+    rule = _PRODUCERS.get(name, "image_cache" if name.startswith("images_") and name.endswith(".h5")
+                          else None)
+    by = f" (rule {rule})" if rule else ""
+    return (f"delete it and re-run snakemake, which rebuilds it{by} and what depends on it, or run "
+            f"`snakemake --forcerun {shlex.quote(str(path))}`")
+
+
+def unreadable(path: str | os.PathLike, what: str, error: BaseException) -> ArtefactError:
+    """The error for an artefact that exists but does not read: names the file and the fix."""
+    detail = str(error).splitlines()[0] if str(error) else ""
+    return ArtefactError(f"{what} {str(path)!r} is truncated or corrupt ({type(error).__name__}: "
+                         f"{detail}); {rebuild_hint(path)}")
+
+
+@contextlib.contextmanager
+def open_h5(path: str | os.PathLike, what: str = "HDF5 artefact"):
+    """``h5py.File(path, "r")`` whose read errors (a truncated or corrupt file: at open, or in a
+    dataset read inside the block) are an ``ArtefactError`` naming the file and how to rebuild
+    it. A missing file stays ``FileNotFoundError``."""
+    import h5py
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} not found")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise unreadable(path, what, e) from None
+    try:
+        with f:
+            yield f
+    except FileNotFoundError:
+        raise
+    except OSError as e:  # h5py raises OSError for unreadable chunks or metadata
+        raise unreadable(path, what, e) from None
 
 
 def h5_write_provenance(h5obj, prov: dict[str, Any]) -> None:

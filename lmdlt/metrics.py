@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import logging
 
-import h5py
 import numpy as np
 from scipy.special import softmax
 from sklearn import metrics as skm
 
-from .io import h5_read_provenance, provenance, sha256_file, write_json
+from .io import h5_read_provenance, open_h5, provenance, sha256_file, write_json
 
 log = logging.getLogger("lmdlt.evaluate")
 
@@ -152,7 +151,7 @@ def evaluate_file(predictions_path, group_rule: dict, out_path, split: str = "te
     With ``manifest_path`` (as the pipeline always passes) the provenance and leak guards of
     ``check_against_manifest`` run first.
     """
-    with h5py.File(predictions_path, "r") as f:
+    with open_h5(predictions_path, "predictions file") as f:
         parent = h5_read_provenance(f)
         leak = {}
         if manifest_path is not None:

@@ -480,3 +480,83 @@ def test_fresh_clone_over_existing_results_schedules_exactly_the_right_jobs(tiny
     assert dry_run_jobs(again) == {}
     write_config(again, read_config(tiny_run))
     assert dry_run_jobs(again) == expected
+
+
+# ------------------------------------------------------------------ 7. truncated or corrupt artefacts
+
+from lmdlt.io import ArtefactError, open_h5, read_json  # noqa: E402
+from lmdlt.models.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+
+
+def truncate(path: Path) -> Path:
+    """Keep the first half of a file's bytes (an interrupted copy or a full disk)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("artefact, rule, command", [
+    ("seed0/stage1/ce/model.pt", "train_stage1",
+     "extract --checkpoint {f} --split {split} --images {images} --device cpu --out {out}"),
+    ("seed0/stage1/ce/features.h5", "extract_features",
+     "train-stage2 --features {f} --checkpoint {ckpt} --split {split} --params {crt} --seed 0 --out {out}"),
+    ("seed0/stage1/ce/features.h5", "extract_features", "evaluate --predictions {f} --manifest {split} --groups {groups} --out {out}"),
+    ("seed0/stage2/ce/crt/predictions.h5", "train_stage2",
+     "evaluate --predictions {f} --manifest {split} --groups {groups} --out {out}"),
+])
+def test_a_truncated_artefact_is_an_error_naming_the_file_and_the_fix(tiny_run, tmp_path, artefact, rule, command):
+    import json
+    import shlex
+
+    root = tiny_run / "results" / "digits-lt"
+    f = truncate(Path(shutil.copy(root / artefact, tmp_path / Path(artefact).name)))
+    fields = {"f": f, "split": root / "seed0" / "split.parquet", "ckpt": root / "seed0/stage1/ce/model.pt",
+              "images": next((tiny_run / "results" / "image_cache").rglob("images_8px.h5")),
+              "out": tmp_path / "out" / "x", "crt": json.dumps(TINY["stage2"]["crt"]),
+              "groups": json.dumps(TINY["groups"])}
+    args = [a.format(**{k: str(v) for k, v in fields.items()}) for a in shlex.split(command)]
+    proc = subprocess.run([str(Path(sys.executable).with_name("lmdlt")), *args], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    err = proc.stderr
+    assert "Traceback" not in err, err[-2000:]
+    assert repr(str(f)) in err and "truncated or corrupt" in err, err
+    assert "delete it and re-run snakemake" in err and f"--forcerun {f}" in err and f"rule {rule}" in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_truncated_h5_and_json_and_checkpoint_name_the_file(tmp_path):
+    """The same without a pipeline run: every reader of each artefact kind."""
+    import h5py
+    import torch
+
+    from lmdlt.features import FeatureSet
+    from lmdlt.metrics import evaluate_file
+    from lmdlt.report.stats import read_test_predictions
+
+    h5 = tmp_path / "predictions.h5"
+    with h5py.File(h5, "w") as f:
+        f.attrs["provenance"] = "{}"
+        f.create_dataset("test/logits", data=np.random.default_rng(0).random((2000, 10)))
+    truncate(h5)
+    for read in (FeatureSet, read_test_predictions,
+                 lambda p: evaluate_file(p, {"rule": "rank", "sizes": [3, 4, 3]}, tmp_path / "m.json")):
+        with pytest.raises(ArtefactError, match=r"'.*predictions\.h5' is truncated or corrupt.*"
+                           r"rule train_stage2.*snakemake --forcerun .*predictions\.h5"):
+            read(h5)
+    assert not (tmp_path / "m.json").exists()
+    with pytest.raises(FileNotFoundError):
+        with open_h5(tmp_path / "absent.h5"):
+            pass
+
+    js = tmp_path / "metrics.json"
+    js.write_text('{"metrics": {"bacc": 0.5, "per_cl')
+    with pytest.raises(ArtefactError, match=r"'.*metrics\.json' is truncated or corrupt.*rule evaluate_stage1"):
+        read_json(js)
+
+    ckpt = tmp_path / "model.pt"
+    torch.save({"state_dict": {"w": torch.zeros(5000)}, "meta": {}}, ckpt)
+    truncate(ckpt)
+    with pytest.raises(CheckpointError, match=r"'.*model\.pt' is not a readable torch file, truncated or "
+                       r"corrupt.*rule train_stage1.*--forcerun .*model\.pt"):
+        load_checkpoint(ckpt)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..io import rebuild_hint
 from .network import build_network
 
 
@@ -37,10 +38,14 @@ def safe_torch_load(path, device="cpu", what: str = "checkpoint"):
                 "written by lmdlt, or rebuild it)") from None
         detail = re.search(r"WeightsUnpickler error: \s*(.+)", text)
         raise CheckpointError(f"{what} {str(path)!r} is not a readable torch file of tensors and plain "
-                              f"data ({detail.group(1).strip() if detail else type(e).__name__})") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{what} {str(path)!r} is not a readable torch file "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+                              f"data ({detail.group(1).strip() if detail else type(e).__name__}); "
+                              f"{rebuild_hint(path)}") from None
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, EOFError, OSError, ValueError) as e:  # a truncated or corrupt file
+        raise CheckpointError(f"{what} {str(path)!r} is not a readable torch file, truncated or corrupt "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                              f"{rebuild_hint(path)}") from None
 
 
 def load_checkpoint(path, device="cpu"):

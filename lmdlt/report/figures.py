@@ -204,8 +204,7 @@ def tsne_figures(spec: dict, group_rule: dict, out: dict) -> None:
     """Figs. 4-5: t-SNE of features for a head, a medium and a tail class (Fig. 4) and for the
     tail classes (Fig. 5), one panel per declared run, at most ``max_per_class`` points per class
     (a fixed-seed subsample). ``out``: {"fig4_png", "fig4_pdf", "fig5_png", "fig5_pdf"}."""
-    import h5py
-
+    from ..io import open_h5
     from ..metrics import class_groups
 
     rng = np.random.default_rng(spec["seed"])
@@ -217,7 +216,7 @@ def tsne_figures(spec: dict, group_rule: dict, out: dict) -> None:
         panels.setdefault(r["features"], []).append(r)
     data = {}
     for path in panels:
-        with h5py.File(path, "r") as f:
+        with open_h5(path, "features file") as f:
             names = [str(c) for c in f.attrs["class_names"]]
             counts = np.bincount(f["train/labels"][:], minlength=len(names))
             if f"{spec['split']}/features" not in f:  # ICC predictions written before they kept features

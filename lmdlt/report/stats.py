@@ -10,10 +10,11 @@ p-value is twice the share of resamples on the other side of zero (capped at 1),
 """
 from __future__ import annotations
 
-import h5py
 import numpy as np
 from scipy.special import softmax
 from sklearn import metrics as skm
+
+from ..io import open_h5
 
 
 def balanced_accuracy_batch(labels: np.ndarray, pred: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
@@ -100,7 +101,7 @@ def paired_bootstrap(labels: list[np.ndarray], probs_a: list[np.ndarray], probs_
 
 def read_test_predictions(path, split: str = "test") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, labels, probabilities) of a features or predictions HDF5 file."""
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "predictions file") as f:
         ids = f[f"{split}/ids"].asstr()[:]
         labels = f[f"{split}/labels"][:]
         logits = f[f"{split}/logits"][:]
