@@ -80,8 +80,14 @@ def cmd_train_stage1(a):
 def cmd_extract(a):
     from .features import extract_features
 
+    stage1 = None
+    if a.stage1_params is not None:
+        from .config import validate_variant
+
+        stage1 = validate_variant("stage1", a.stage1_params)
     extract_features(a.checkpoint, a.split, a.images, a.out, threads=a.threads, device=a.device,
-                     precision=a.precision, channels_last=a.channels_last, train_views=a.train_views)
+                     precision=a.precision, channels_last=a.channels_last, train_views=a.train_views,
+                     stage1_params=stage1)
 
 
 def cmd_train_stage2(a):
@@ -270,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--train-views", type=int, default=0,
                    help="augmented passes of the training split to store as well (config "
                         "features.train_views; 0: none, the clean features only)")
+    s.add_argument("--stage1-params", type=_json, default=None,
+                   help="the stage-1 variant's config (JSON, as train-stage1 --params got it): the "
+                        "checkpoint must record its config hash, else an error (the pipeline always "
+                        "passes it); without it the checkpoint's config is not checked")
     torch_opts(s)
 
     s = add("train-stage2", cmd_train_stage2, "stage 2: calibrate the classifier on cached features")

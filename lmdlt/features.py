@@ -36,7 +36,7 @@ import torch
 
 from .data.image_cache import ImageCache
 from .data.splits import SPLITS, read_manifest
-from .io import atomic_path, h5_read_provenance, h5_write_provenance, open_h5, provenance, sha256_file
+from .io import atomic_path, check_config_hash, h5_read_provenance, h5_write_provenance, open_h5, provenance, sha256_file
 from .runtime import autocast, resolve_precision, select_device, setup_torch, use_channels_last
 from .models.checkpoint import load_checkpoint
 
@@ -112,8 +112,10 @@ def augmented_views(images: np.ndarray, transform, n_views: int, seed: int) -> n
 def extract_features(checkpoint_path, manifest_path, cache_path, out_path,
                      threads: int | None = None, device: str = "auto", batch_size: int = 512,
                      precision: str = "auto", channels_last: str = "auto",
-                     train_views: int = 0) -> None:
-    """Write the features file of a checkpoint. ``precision`` (auto: bf16 on CUDA, fp32 on the
+                     train_views: int = 0, stage1_params: dict | None = None) -> None:
+    """Write the features file of a checkpoint. ``stage1_params`` (the stage-1 variant's
+    validated config, as the pipeline passes): the checkpoint's recorded config hash must be its
+    hash (a checkpoint of another variant is an error); None: not checked. ``precision`` (auto: bf16 on CUDA, fp32 on the
     CPU) and ``channels_last`` (auto: on CUDA) are resolved by :mod:`lmdlt.runtime` and recorded
     in the file's provenance. ``train_views`` N > 0 adds N augmented passes over the training
     split (``/train_views``, see the module docstring)."""
@@ -125,6 +127,8 @@ def extract_features(checkpoint_path, manifest_path, cache_path, out_path,
     prec = resolve_precision(dev, precision)
     cl = use_channels_last(dev, channels_last)
     net, meta = load_checkpoint(checkpoint_path, dev)
+    if stage1_params is not None:
+        check_config_hash(checkpoint_path, meta["provenance"], stage1_params, out_path, "stage-1")
     ckpt_hash = sha256_file(checkpoint_path)
     table, man_meta = read_manifest(manifest_path)
     if meta["provenance"]["parents"].get("split") != man_meta["content_hash"]:

@@ -183,6 +183,26 @@ def open_h5(path: str | os.PathLike, what: str = "HDF5 artefact"):
         raise unreadable(path, what, e) from None
 
 
+class ProvenanceError(ValueError):
+    """An artefact made for another config than the one its consumer is run for."""
+
+
+def check_config_hash(artefact: str | os.PathLike, recorded: dict[str, Any], expected_config: Any,
+                      consumer: str | os.PathLike, what: str) -> None:
+    """The loop closed: ``recorded`` (the producer's provenance in ``artefact``) must carry the
+    config hash of ``expected_config`` (the config ``consumer`` is being made for, hashed as
+    ``provenance()`` does); otherwise a ``ProvenanceError`` naming both files and both hashes."""
+    want = sha256_json(expected_config)
+    got = recorded.get("config_hash")
+    if got != want:
+        rec = recorded.get("config") or {}
+        about = ", ".join(f"{k} {rec[k]!r}" for k in ("method", "model") if k in rec)
+        raise ProvenanceError(
+            f"{artefact} was made for another {what} config (config_hash {got}"
+            f"{'; ' + about if about else ''}) than {consumer} is being made for (config_hash "
+            f"{want}); {rebuild_hint(artefact)}")
+
+
 def h5_write_provenance(h5obj, prov: dict[str, Any]) -> None:
     """HDF5 attributes hold the provenance as one JSON string (plain data, safe to load)."""
     h5obj.attrs["provenance"] = json.dumps(prov, sort_keys=True, default=_json_default)

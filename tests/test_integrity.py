@@ -560,3 +560,52 @@ def test_truncated_h5_and_json_and_checkpoint_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match=r"'.*model\.pt' is not a readable torch file, truncated or "
                        r"corrupt.*rule train_stage1.*--forcerun .*model\.pt"):
         load_checkpoint(ckpt)
+
+
+# ------------------------------------------------------------------ 8. provenance closes the loop
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_stage1_variant_is_refused_by_extraction(tiny_run, tmp_path):
+    """A model.pt of another stage-1 variant (other width), same split, dropped at
+    stage1/ce/model.pt: extraction for the CE variant names both files and both hashes."""
+    import json
+
+    from lmdlt.config import validate_config
+    from lmdlt.io import sha256_json
+
+    root = tiny_run / "results" / "digits-lt"
+    split = root / "seed0" / "split.parquet"
+    images = next((tiny_run / "results" / "image_cache").rglob("images_8px.h5"))
+    lmdlt = str(Path(sys.executable).with_name("lmdlt"))
+    variants = validate_config(copy.deepcopy({**TINY, "stage1": {
+        **TINY["stage1"], "ce_w24": {**TINY["stage1"]["ce"], "model": {"width": 24}}}}))["stage1"]
+    other = tmp_path / "stage1" / "ce" / "model.pt"
+    subprocess.run([lmdlt, "train-stage1", "--split", str(split), "--images", str(images), "--params",
+                    json.dumps(variants["ce_w24"]), "--seed", "0", "--threads", "1", "--device", "cpu",
+                    "--out", str(other)], check=True, capture_output=True)
+    ce = json.dumps(variants["ce"], sort_keys=True)
+    out = tmp_path / "stage1" / "ce" / "features.h5"
+
+    def extract(ckpt, *extra):
+        return subprocess.run([lmdlt, "extract", "--checkpoint", str(ckpt), "--split", str(split),
+                               "--images", str(images), "--device", "cpu", "--threads", "1",
+                               "--out", str(out), *extra], capture_output=True, text=True)
+
+    proc = extract(other, "--stage1-params", ce)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    got = torch_load_hash(other)
+    assert str(other) in proc.stderr and str(out) in proc.stderr, proc.stderr
+    assert got in proc.stderr and sha256_json(json.loads(ce)) in proc.stderr, proc.stderr
+    assert "'width': 24" in proc.stderr and not out.exists()
+    # the right checkpoint passes; by hand without --stage1-params nothing is checked (--help says so)
+    assert extract(root / "seed0" / "stage1" / "ce" / "model.pt", "--stage1-params", ce).returncode == 0
+    assert extract(other).returncode == 0
+    helptext = subprocess.run([lmdlt, "extract", "--help"], capture_output=True, text=True).stdout
+    assert "--stage1-params" in helptext and "not checked" in helptext
+
+
+def torch_load_hash(path: Path) -> str:
+    from lmdlt.models.checkpoint import safe_torch_load
+
+    return safe_torch_load(path)["meta"]["provenance"]["config_hash"]

@@ -18,6 +18,7 @@ rule extract_features:
         precision=config["compute"]["precision"],
         channels_last=config["compute"]["channels_last"],
         train_views=config["features"]["train_views"],
+        stage1=lambda w: stage1_params(w.s1)["variant"],  # the checkpoint's recorded config
     threads: THREADS
     log:
         LOGS + "/seed{seed}/features_{s1}.log",
@@ -27,4 +28,5 @@ rule extract_features:
         "lmdlt extract --checkpoint {input.checkpoint:q} --split {input.split:q} --images {input.images:q}"
         " --threads {threads} --device {params.device:q} --precision {params.precision:q}"
         " --channels-last {params.channels_last:q} --train-views {params.train_views}"
+        " --stage1-params {params.stage1:q}"
         " --out {output:q} > {log:q} 2>&1"
