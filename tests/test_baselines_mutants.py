@@ -112,3 +112,12 @@ def test_gcl_focal_factor_is_detached_as_in_the_reference():
     ce = F.cross_entropy(20.0 * (c2 - 0.1 * F.one_hot(y, 3).double()), y, reduction="none")
     ((1 - torch.exp(-ce)).detach() * ce).mean().backward()
     torch.testing.assert_close(got, c2.grad)
+
+
+def test_iccl_warm_up_is_half_the_run_by_default():
+    net = tiny_net()
+    m = method1("iccl", net=net, epochs=10, dim=3)
+    assert m.warmup() == 5
+    y = torch.tensor([0, 1, 1, 2])
+    assert set(m.loss(net, tiny_images(4), y, 4)) == {"ce", "cc"}  # the last warm-up epoch
+    assert set(m.loss(net, tiny_images(4), y, 5, paired=(tiny_images(4, seed=1), y))) == {"ce", "ce_it", "cc_it"}

@@ -206,3 +206,19 @@ def test_cb_wd_max_keeps_every_class_weight_inside_the_max_norm_ball():
     m.fit(train, None, clf, torch.Generator().manual_seed(0))
     norms = np.linalg.norm(m.state()["weight"], axis=1)
     assert np.all(norms <= 0.8 + 1e-6) and norms.max() == pytest.approx(0.8, rel=1e-3)
+
+
+def test_tau_norm_drops_a_non_zero_bias_in_selection_and_logits():
+    """The reference drops the bias (DESIGN §4); a large bias towards class 0 would make every
+    tau predict class 0 (BACC 1/3 everywhere, the smallest tau kept)."""
+    clf = biased_classifier()
+    clf["bias"] = np.array([50.0, 0.0, 0.0], np.float32)
+    val = split(1, [30, 30, 30], clf["weight"])
+    m = build("tau_norm", tau_min=0.0, tau_max=2.0, tau_step=0.25)
+    m.fit(split(0, [200, 40, 10], clf["weight"]), val, clf, torch.Generator())
+    grid = np.arange(0, 2.0001, 0.25)
+    scores = [balanced_accuracy_score(val["labels"], (val["features"] @ tau_normalised(clf["weight"], t).T).argmax(1))
+              for t in grid]
+    assert m.tau == pytest.approx(grid[int(np.argmax(scores))]) and m.tau > 0
+    np.testing.assert_allclose(m.logits(val["features"]), val["features"] @ tau_normalised(clf["weight"], m.tau).T,
+                               rtol=1e-5)
