@@ -126,8 +126,13 @@ def test_experiment_dry_run(tmp_path, shared_data, path):
         assert re.search(r"^train_stage2_encoder\s+\d+$", out, re.M)  # LMD's ICC rows
 
 
+# each HAM10000 overlay's scale: (image size, encoder width, arch)
+HAM_OVERLAY_SCALE = {"baselines-ham10000.yaml": ("16px", 8, "small_resnet"),
+                     "lmd-ham10000.yaml": ("28px", 16, "small_resnet")}
+
+
 @pytest.mark.realdata
-@pytest.mark.parametrize("overlay", ["baselines-ham10000.yaml", "lmd-ham10000.yaml"])
+@pytest.mark.parametrize("overlay", sorted(HAM_OVERLAY_SCALE))
 def test_ham10000_overlays_dry_run(tmp_path, shared_data, overlay):
     out, _ = _dry_run(tmp_path, [EXPERIMENTS / "ham10000-lt.yaml", EXPERIMENTS / "overlays" / overlay],
                       shared_data)
@@ -136,7 +141,22 @@ def test_ham10000_overlays_dry_run(tmp_path, shared_data, overlay):
     encoders = set(base["stage1"]) | set(over["stage1"])  # Snakemake deep-merges the overlay
     n_stage1 = int(re.search(r"^train_stage1\s+(\d+)$", out, re.M).group(1))
     assert n_stage1 == len(encoders) * len(base["seeds"])
-    assert "images_16px.h5" in out and '"width": 8' in out  # the overlay's CPU smoke scale
+    size, width, arch = HAM_OVERLAY_SCALE[overlay]  # the overlay's CPU scale
+    assert f"images_{size}.h5" in out and f'"width": {width}' in out and f'"arch": "{arch}"' in out
+
+
+@pytest.mark.realdata
+def test_lmd_ham10000_at_paper_scale_on_a_gpu_dry_run(tmp_path, shared_data):
+    """The GPU overlay on top of the CPU one: 224 px, resnet18 for every encoder, 100 epochs,
+    the methods' paper defaults in stage 2; every row is still scheduled."""
+    out, _ = _dry_run(tmp_path, [EXPERIMENTS / "ham10000-lt.yaml", EXPERIMENTS / "overlays" / "lmd-ham10000.yaml",
+                                 EXPERIMENTS / "overlays" / "lmd-ham10000-gpu.yaml"], shared_data)
+    assert "images_224px.h5" in out and "images_28px.h5" not in out
+    assert '"arch": "small_resnet"' not in out and out.count('"arch": "resnet18"') >= 2
+    assert '"epochs": 100' in out and '"epochs": 20' not in out
+    assert '"iterations": 200' in out and '"virtual_per_class": 50000' in out
+    n_encoder = int(re.search(r"^train_stage2_encoder\s+(\d+)$", out, re.M).group(1))
+    assert n_encoder == 6 * 3  # ce/icc, rrl/icc and its four ICC ablations, 3 seeds
 
 
 @pytest.mark.realdata
