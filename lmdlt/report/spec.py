@@ -63,7 +63,8 @@ def run_name(s1: str, s2: str | None) -> str:
 
 def _strip(variant: dict, vary: list[str]) -> dict:
     v = copy.deepcopy(variant)
-    for key in ("label", "stage1"):
+    # not settings: the label, the encoders it runs on, and `inherit` (its params are resolved)
+    for key in ("label", "stage1", "inherit"):
         v.pop(key, None)
     for key in vary:
         v.pop(key, None)
