@@ -17,6 +17,7 @@ WB = "ShadeAlsha/LTR-weight-balancing@e89f292"
 LDAMREF = "kaidic/LDAM-DRW@2536330"
 BS = "jiawei-ren/BalancedMetaSoftmax-Classification@34a61e4"
 CB = "facebookresearch/classifier-balancing@22370c6"
+CCSAM = "zzpustc/CC-SAM@651d3df"
 
 # (stage, method, param, default, source)
 TABLE = [
@@ -32,6 +33,11 @@ TABLE = [
     (1, "ce_drw", "drw_beta", 0.9999, f"ref: {LDAMREF} cifar_train.py:202"),
     (1, "ldam", "lr_schedule", "reference", f"ref: {LDAMREF} cifar_train.py:366-376 adjust_learning_rate, scaled"),
     (1, "ce_drw", "lr_schedule", "reference", f"ref: {LDAMREF} cifar_train.py:366-376 (same script for CE)"),
+    (1, "cc_sam", "flat_ratio", 0.3, f"ref: {CCSAM} configs/Cifar10.json:25 (Cifar100.json:25: 0.5)"),
+    (1, "cc_sam", "noise_ratio", 1.0e-6, f"ref: {CCSAM} configs/Cifar10.json:26; train_cifar.py:166"),
+    (1, "cc_sam", "mixup", True, f"ref: {CCSAM} configs/Cifar10.json:23; train_cifar.py:129-133"),
+    (1, "cc_sam", "mixup_alpha", 1.0, f"ref: {CCSAM} configs/Cifar10.json:16; utils/utils.py:315-318"),
+    (1, "cc_sam", "step", "reference", f"ref: {CCSAM} train_cifar.py:184-194 (one backward); two_pass an option"),
     (1, "balanced_softmax", "tau", 1.0, f"ref: {BS} loss/BalancedSoftmaxLoss.py:47-50 (logits + log n)"),
     (1, "cb_focal", "beta", 0.9999, "paper: Cui et al. 2019 (beta 0.9999 for CIFAR-LT)"),
     (1, "cb_focal", "gamma", 1.0, "paper: Cui et al. 2019 (CB focal, gamma 1.0 at r = 100)"),

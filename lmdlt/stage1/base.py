@@ -13,6 +13,42 @@ from ..data.transforms import train_transform
 _REGISTRY: dict[str, type["Stage1Method"]] = {}
 
 
+class SharpnessStep:
+    """A SAM-style two-pass step (Foret et al., ICLR 2021), run by the trainer for a method whose
+    ``sharpness_step()`` returns one. With g = the gradient at w (the first pass, the method's
+    ``loss``), the trainer adds e(w) = ``perturbation(params, grads)`` to ``params(net, extra)``,
+    runs ``loss`` again on the same batch at w + e, copies w back (exactly, not w + e - e) and
+    steps the optimiser with ``(1 - first_pass_weight) * g(w + e) + first_pass_weight * g(w)``
+    (0, the default, is plain SAM). BatchNorm running statistics are those of the first pass
+    (the second pass's updates are undone). Under DDP both passes run on every rank, the first
+    pass's gradients are already averaged, so every rank computes the same e.
+
+    A variant (CC-SAM, ImbSAM, ASAM...) overrides ``perturbation`` (its radius rule) and/or
+    ``params`` (which weights are perturbed); the default is plain SAM over every trainable
+    parameter: e = rho * g / ||g||, one norm over all of them."""
+
+    def __init__(self, rho: float, first_pass_weight: float = 0.0) -> None:
+        if not 0.0 <= first_pass_weight <= 1.0:
+            raise ValueError(f"first_pass_weight must lie in [0, 1], got {first_pass_weight}")
+        self.rho = rho
+        self.first_pass_weight = first_pass_weight
+
+    def params(self, net: nn.Module, extra: nn.Module) -> list[nn.Parameter]:
+        """The weights to perturb (default: every trainable parameter of net and extra)."""
+        return [q for q in list(net.parameters()) + list(extra.parameters()) if q.requires_grad]
+
+    @torch.no_grad()
+    def perturbation(self, params: list[nn.Parameter],
+                     grads: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """e(w) for each of ``params`` (None: not perturbed) from their first-pass gradients."""
+        present = [g for g in grads if g is not None]
+        if not present:
+            return [None] * len(params)
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in present]))
+        scale = self.rho / (norm + 1e-12)
+        return [None if g is None else (g.float() * scale).to(g.dtype) for g in grads]
+
+
 class Stage1Method(abc.ABC):
     """Computes named loss terms for one batch; the trainer sums them and steps the optimiser.
 
@@ -52,6 +88,11 @@ class Stage1Method(abc.ABC):
 
     def after_step(self, net: nn.Module) -> None:
         """Hook after each optimiser step (default: nothing to update)."""
+
+    def sharpness_step(self) -> SharpnessStep | None:
+        """A SAM-style two-pass step (``SharpnessStep``) for the trainer to run each optimiser
+        step; None (default) keeps the single pass."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """State the method keeps outside ``modules()`` (EMA teachers, running statistics,

@@ -110,6 +110,44 @@ def _check_finite(loss: torch.Tensor, terms: dict, named_params: list, epoch: in
     raise _non_finite(f"non-finite stage-1 gradient {where}: parameter {bad}", resume)
 
 
+def _bn_buffers(*modules) -> list[torch.Tensor]:
+    return [b for m in modules for mod in m.modules() if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)
+            for b in mod.buffers()]
+
+
+def _sharpness_pass(sharp, net, extra, opt, second_loss, named_params, epoch: int, step: int,
+                    resume: ResumeState) -> None:
+    """``base.SharpnessStep``'s second pass, after the first pass's backward: perturb the weights
+    to w + e(w), zero the gradients, ``second_loss()`` (the same batch) and backward at w + e,
+    copy w back, and leave in ``.grad`` the mix of both passes' gradients the step asks for."""
+    perturbed = sharp.params(net, extra)
+    eps = sharp.perturbation(perturbed, [q.grad for q in perturbed])
+    a = sharp.first_pass_weight
+    first = [None if q.grad is None else q.grad.detach().clone() for _, q in named_params] if a else None
+    bn = _bn_buffers(net, extra)
+    with torch.no_grad():
+        saved = [q.detach().clone() for q in perturbed]
+        bn_saved = [b.detach().clone() for b in bn]
+        for q, e in zip(perturbed, eps):
+            if e is not None:
+                q.add_(e)
+    opt.zero_grad(set_to_none=True)
+    terms = second_loss()
+    loss = sum(v.float() for v in terms.values())
+    loss.backward()
+    with torch.no_grad():
+        for q, w in zip(perturbed, saved):
+            q.copy_(w)
+        for b, v in zip(bn, bn_saved):
+            b.copy_(v)
+        if a:
+            for (_, q), g1 in zip(named_params, first):
+                if g1 is None:
+                    continue
+                q.grad = g1 * a if q.grad is None else q.grad.mul_(1 - a).add_(g1, alpha=a)
+    _check_finite(loss, terms, named_params, epoch, step, resume)
+
+
 def _cycle(loader):
     """Batches of ``loader`` for ever (a fresh pass, i.e. fresh draws, whenever one ends)."""
     while True:
@@ -209,6 +247,10 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
     named_params = ([(n, q) for n, q in net.named_parameters()]
                     + [(f"method.{n}", q) for n, q in extra.named_parameters()])
     sampler_gens = _sampler_generators(loader, paired)
+    sharp = method.sharpness_step()  # None: the single pass
+    if sharp is not None:
+        log.info("two-pass sharpness-aware step (%s, first-pass weight %g)", type(sharp).__name__,
+                 sharp.first_pass_weight)
 
     best = {"epoch": -1, "val_bacc": -1.0, "state": None}
     history = []
@@ -239,17 +281,21 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
             paired_batches = _cycle(paired)
         for step, (x, y) in enumerate(loader, 1):
             x, y = _to(x, dev, memory_format), y.to(dev, non_blocking=True)
+            kw = {}
+            if paired_batches is not None:
+                x2, y2 = next(paired_batches)
+                kw["paired"] = (_to(x2, dev, memory_format), y2.to(dev, non_blocking=True))
             with autocast(dev, prec):
-                if paired_batches is None:
-                    terms = step_loss(x, y, epoch)
-                else:
-                    x2, y2 = next(paired_batches)
-                    terms = step_loss(x, y, epoch,
-                                      paired=(_to(x2, dev, memory_format), y2.to(dev, non_blocking=True)))
+                terms = step_loss(x, y, epoch, **kw)
             loss = sum(v.float() for v in terms.values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             _check_finite(loss, terms, named_params, epoch, step, resume)
+            if sharp is not None:  # SAM-style: the step's gradient is (mostly) the one at w + e(w)
+                def second_loss():
+                    with autocast(dev, prec):
+                        return step_loss(x, y, epoch, **kw)
+                _sharpness_pass(sharp, net, extra, opt, second_loss, named_params, epoch, step, resume)
             opt.step()
             sched.step()
             method.after_step(net)
