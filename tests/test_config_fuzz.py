@@ -46,7 +46,8 @@ POSITIVE = ([("dataset", "image_size"), ("compute", "threads"), ("split", "val_p
             + [("stage1", v, key) for v in STAGE1 for key in ("epochs", "batch_size", "lr")]
             + [("stage1", v, "model", key) for v in STAGE1 for key in ("width", "blocks_per_stage")]
             + [("stage2", "crt", "params", key) for key in ("epochs", "batch_size", "lr")]
-            + [("stage2", "vfc", "params", key) for key in ("virtual_per_class", "m_epochs", "m_batch_size", "m_lr")]
+            # vfc inherits icc's params (inherit: icc); vfc_R10 sets its own R and epochs over them
+            + [("stage2", "vfc_R10", "params", key) for key in ("virtual_per_class", "m_epochs")]
             + [("stage2", "icc", "params", key) for key in ("iterations", "e_batch_size", "e_epochs",
                                                            "virtual_per_class", "m_batch_size")])
 

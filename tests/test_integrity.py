@@ -377,7 +377,9 @@ def test_impossible_ratio_stops_the_run_before_any_job(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "imbalance_ratio r=1e+12 is more than the data can give" in out and "r <= 129" in out
-    assert "rule image_cache" not in out and not (tmp_path / "results").exists()
+    # nothing was built: no image cache, no split (the parse may leave params stamps, tiny JSON)
+    assert "rule image_cache" not in out and not (tmp_path / "results" / "image_cache").exists()
+    assert not list((tmp_path / "results").rglob("*.parquet")) and not list((tmp_path / "results").rglob("*.h5"))
 
 
 def test_a_one_image_class_stops_the_run_before_the_image_cache_is_built(tmp_path):
