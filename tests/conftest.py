@@ -62,3 +62,24 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (set LMDLT_DATA or place ../shared/data)")
     return SHARED_DATA
+
+
+DIGITS_SPLIT = {"protocol": "cui", "imbalance_ratio": 50, "val_per_class": 15, "test_per_class": 30,
+                "n_cap": None, "class_order": "count"}
+
+
+def build_digits_split(d: Path, split_cfg: dict | None = None) -> Path:
+    """The tiny digits benchmark in ``d``: ``images.h5`` (8 px cache) and ``split.parquet``
+    (Cui profile r = 50, seed 0, unless ``split_cfg``); returns ``d``."""
+    from lmdlt.data.image_cache import build_image_cache
+    from lmdlt.data.sources import get_source
+    from lmdlt.data.splits import build_split, write_manifest
+    from lmdlt.io import provenance
+
+    split_cfg = split_cfg or DIGITS_SPLIT
+    src = get_source("digits")
+    build_image_cache(src, 8, d / "images.h5", provenance("image_cache", {"size": 8}))
+    index = src.index()
+    write_manifest(d / "split.parquet", build_split(index, split_cfg, 0), index.class_names,
+                   provenance("split", split_cfg, seed=0))
+    return d

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import build_digits_split
 from lmdlt.stage1 import get_method
 from lmdlt.stage1.base import SharpnessStep, Stage1Method
 from lmdlt.stage1.cc_sam import class_radius_perturbation
@@ -172,18 +173,7 @@ def test_only_cc_sam_two_pass_asks_for_the_hook():
 
 
 def _digits(tmp_path):
-    from lmdlt.data.image_cache import build_image_cache
-    from lmdlt.data.sources import get_source
-    from lmdlt.data.splits import build_split, write_manifest
-    from lmdlt.io import provenance
-
-    src = get_source("digits")
-    build_image_cache(src, 8, tmp_path / "images.h5", provenance("image_cache", {"size": 8}))
-    index = src.index()
-    split_cfg = {"protocol": "cui", "imbalance_ratio": 50, "val_per_class": 15,
-                 "test_per_class": 30, "n_cap": None, "class_order": "count"}
-    write_manifest(tmp_path / "split.parquet", build_split(index, split_cfg, 0), index.class_names,
-                   provenance("split", split_cfg, seed=0))
+    build_digits_split(tmp_path)
 
 
 def _train(tmp_path, name, method, params, epochs=2):

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import build_digits_split
 from lmdlt.config import validate_against
 from lmdlt.models import build_network
 from lmdlt.stage1 import get_method as get_stage1
@@ -263,19 +264,9 @@ def test_best_val_never_keeps_a_warm_up_epoch(tmp_path, monkeypatch):
     import sklearn.metrics
 
     from lmdlt.config import validate_variant
-    from lmdlt.data.image_cache import build_image_cache
-    from lmdlt.data.sources import get_source
-    from lmdlt.data.splits import build_split, write_manifest
-    from lmdlt.io import provenance
     from lmdlt.stage1.trainer import train_stage1
 
-    src = get_source("digits")
-    build_image_cache(src, 8, tmp_path / "images.h5", provenance("image_cache", {"size": 8}))
-    index = src.index()
-    split_cfg = {"protocol": "cui", "imbalance_ratio": 50, "val_per_class": 15,
-                 "test_per_class": 30, "n_cap": None, "class_order": "count"}
-    write_manifest(tmp_path / "split.parquet", build_split(index, split_cfg, 0), index.class_names,
-                   provenance("split", split_cfg, seed=0))
+    build_digits_split(tmp_path)
     scores = iter([0.9, 0.8, 0.5, 0.4])
     monkeypatch.setattr(sklearn.metrics, "balanced_accuracy_score", lambda *a, **k: next(scores))
     cfg = validate_variant("stage1", {"method": "rrl", "epochs": 4, "batch_size": 64, "lr": 0.05,

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import build_digits_split
 from lmdlt.config import validate_variant
 from lmdlt.stage1 import get_method as get1
 
@@ -91,20 +92,7 @@ def test_selectable_only_from_the_drw_epoch(name):
 
 @pytest.fixture(scope="module")
 def digits_split(tmp_path_factory):
-    from lmdlt.data.image_cache import build_image_cache
-    from lmdlt.data.sources import get_source
-    from lmdlt.data.splits import build_split, write_manifest
-    from lmdlt.io import provenance
-
-    d = tmp_path_factory.mktemp("digits")
-    src = get_source("digits")
-    build_image_cache(src, 8, d / "images.h5", provenance("image_cache", {"size": 8}))
-    index = src.index()
-    split_cfg = {"protocol": "cui", "imbalance_ratio": 50, "val_per_class": 15,
-                 "test_per_class": 30, "n_cap": None, "class_order": "count"}
-    write_manifest(d / "split.parquet", build_split(index, split_cfg, 0), index.class_names,
-                   provenance("split", split_cfg, seed=0))
-    return d
+    return build_digits_split(tmp_path_factory.mktemp("digits"))
 
 
 @pytest.mark.parametrize("name", ["ldam", "ce_drw"])

@@ -222,3 +222,13 @@ def test_tau_norm_drops_a_non_zero_bias_in_selection_and_logits():
     assert m.tau == pytest.approx(grid[int(np.argmax(scores))]) and m.tau > 0
     np.testing.assert_allclose(m.logits(val["features"]), val["features"] @ tau_normalised(clf["weight"], m.tau).T,
                                rtol=1e-5)
+
+
+def test_tau_grid_includes_both_ends_and_rejects_an_empty_range():
+    """The grid tau-norm and logit adjustment sweep (Kang et al.: tau in [0, 2])."""
+    from lmdlt.stage2.base import tau_grid
+
+    grid = tau_grid({"tau_min": 0.0, "tau_max": 2.0, "tau_step": 0.1}, "tau_norm")
+    assert len(grid) == 21 and grid[0] == 0.0 and grid[-1] == 2.0 and 1.0 in grid
+    with pytest.raises(ValueError, match="logit_adjust: tau_max 1 < tau_min 2"):
+        tau_grid({"tau_min": 2, "tau_max": 1, "tau_step": 0.1}, "logit_adjust")

@@ -80,3 +80,19 @@ def get_method(name: str) -> type[Stage2Method]:
     if name not in _REGISTRY:
         raise ValueError(f"unknown stage-2 method {name!r} (known: {', '.join(available_methods())})")
     return _REGISTRY[name]
+
+
+# A tau swept on the validation split (tau-norm, post-hoc logit adjustment): the grid's params
+TAU_GRID_PARAMS = {
+    "tau_min": {"type": "number", "minimum": 0, "default": 0.0},
+    "tau_max": {"type": "number", "minimum": 0, "default": 2.0},
+    "tau_step": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
+}
+
+
+def tau_grid(p: dict, method: str):
+    """tau_min, tau_min + tau_step, ..., up to tau_max (included when on the grid)."""
+    lo, hi, step = p["tau_min"], p["tau_max"], p["tau_step"]
+    if hi < lo:
+        raise ValueError(f"{method}: tau_max {hi} < tau_min {lo}")
+    return np.round(lo + step * np.arange(int(np.floor((hi - lo) / step + 1e-9)) + 1), 10)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Stage2Method, register
+from .base import TAU_GRID_PARAMS, Stage2Method, register, tau_grid
 
 
 def log_prior(labels, num_classes: int) -> np.ndarray:
@@ -32,17 +32,10 @@ def adjusted_logits(logits: np.ndarray, log_pi: np.ndarray, tau: float) -> np.nd
 
 @register("logit_adjust")
 class PostHocLogitAdjustment(Stage2Method):
-    params = {
-        "tau_min": {"type": "number", "minimum": 0, "default": 0.0},
-        "tau_max": {"type": "number", "minimum": 0, "default": 2.0},
-        "tau_step": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
-    }
+    params = dict(TAU_GRID_PARAMS)
 
     def grid(self) -> np.ndarray:
-        lo, hi, step = self.p["tau_min"], self.p["tau_max"], self.p["tau_step"]
-        if hi < lo:
-            raise ValueError(f"logit_adjust: tau_max {hi} < tau_min {lo}")
-        return np.round(lo + step * np.arange(int(np.floor((hi - lo) / step + 1e-9)) + 1), 10)
+        return tau_grid(self.p, "logit_adjust")
 
     def _base_logits(self, features):
         return np.asarray(features, dtype=np.float64) @ self.weight.T + self.bias

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Stage2Method, register
+from .base import TAU_GRID_PARAMS, Stage2Method, register, tau_grid
 
 
 def tau_normalised(weight: np.ndarray, tau: float) -> np.ndarray:
@@ -16,17 +16,10 @@ def tau_normalised(weight: np.ndarray, tau: float) -> np.ndarray:
 
 @register("tau_norm")
 class TauNorm(Stage2Method):
-    params = {
-        "tau_min": {"type": "number", "minimum": 0, "default": 0.0},
-        "tau_max": {"type": "number", "minimum": 0, "default": 2.0},
-        "tau_step": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
-    }
+    params = dict(TAU_GRID_PARAMS)
 
     def grid(self) -> np.ndarray:
-        lo, hi, step = self.p["tau_min"], self.p["tau_max"], self.p["tau_step"]
-        if hi < lo:
-            raise ValueError(f"tau_norm: tau_max {hi} < tau_min {lo}")
-        return np.round(lo + step * np.arange(int(np.floor((hi - lo) / step + 1e-9)) + 1), 10)
+        return tau_grid(self.p, "tau_norm")
 
     def fit(self, train, val, stage1_classifier, generator):
         if stage1_classifier is None:

@@ -4,6 +4,7 @@ import json
 import os
 
 from lmdlt.config import ConfigError, check_data_root, pairs, row_label, validate_config
+from lmdlt.stamps import write_params_stamp
 
 # `--configfile` files are deep-merged over the Snakefile's config.yaml, which would leak the
 # default experiment's variants (stage1/stage2/groups...) into an experiment config: config
@@ -74,50 +75,11 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True)
 
 
-# The cache property without .snakemake/ metadata (a fresh clone over results on shared
-# storage): Snakemake's params and input-set triggers live in .snakemake/, and a job whose
-# outputs exist is re-run on its own only for an input newer than them. So every job that
-# carries settings also reads a params stamp beside its first output, `.<name>.params.json`,
-# holding exactly its params; the stamp is rewritten (mtime now) only when its content changes,
-# so adding a variant or a seed (the report's rows change), or changing a variant's settings,
-# re-runs exactly the jobs whose settings changed and their consumers.
-# - A dry-run writes nothing into results: a changed or new stamp is written to a scratch file
-#   under .snakemake/lmdlt/params-changed/ and the job is shown with that as its updated input.
-# - Outputs made before stamps existed: the stamp is adopted with their mtime (no re-run; with
-#   .snakemake/ metadata Snakemake's own params trigger still applies).
+# Params stamps carry what .snakemake/ metadata carries, so the cache property holds in a fresh
+# clone over existing results (lmdlt/stamps.py says how).
 def params_stamp(outputs, content):
-    """The stamp path to use as an input of the job writing ``outputs`` (first names it)."""
-    import hashlib
-    import tempfile
-
-    outputs = [outputs] if isinstance(outputs, str) else list(outputs)
-    first = outputs[0]
-    stamp = os.path.join(os.path.dirname(first), f".{os.path.basename(first)}.params.json")
-    text = as_json(content) + "\n"
-    try:
-        with open(stamp) as f:
-            if f.read() == text:
-                return stamp
-        missing = False
-    except FileNotFoundError:
-        missing = True
-    except OSError:
-        missing = False
-    existing = [os.stat(o).st_mtime_ns for o in outputs if os.path.exists(o)]
-    adopt = missing and len(existing) == len(outputs)  # results from before stamps existed
-    target = stamp
-    if workflow.dryrun:
-        key = hashlib.sha256(os.path.abspath(stamp).encode()).hexdigest()[:20]
-        target = os.path.join(".snakemake", "lmdlt", "params-changed", f"{key}.json")
-    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target) or ".", prefix=".stamp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    if adopt:
-        t = min(existing)
-        os.utime(tmp, ns=(t, t))
-    os.replace(tmp, target)
-    return target
+    """The stamp path to use as an input of the job writing ``outputs`` (lmdlt.stamps)."""
+    return write_params_stamp(outputs, as_json(content), dryrun=workflow.dryrun)
 
 
 def source_params():

@@ -231,6 +231,18 @@ def list_images(folder: Path) -> list[Path]:
                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
 
 
+class ChannelsOption:
+    """``channels`` from ``dataset.options.channels`` (1 grey or 3 RGB), for sources whose files
+    do not fix it (ImageFolder, CSV lists); put before ``FileImagesMixin`` in the bases."""
+
+    @property
+    def channels(self) -> int:
+        c = self.opts["channels"]
+        if c not in (1, 3):
+            raise ValueError(f"dataset.options.channels must be 1 or 3, got {c!r}")
+        return c
+
+
 class FileImagesMixin:
     """``images()`` for sources whose index has a ``path`` column relative to ``self.image_root``."""
 

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from . import Source, SourceIndex, register_source
-from ._files import FileImagesMixin, inside, load_images, read_csv, require_root
+from ._files import ChannelsOption, FileImagesMixin, inside, load_images, read_csv, require_root
 
 
 def _row(i: int) -> str:
@@ -48,7 +48,7 @@ def sort_class_names(names) -> list[str]:
 
 
 @register_source("csv")
-class CSVListSource(FileImagesMixin, Source):
+class CSVListSource(ChannelsOption, FileImagesMixin, Source):
     options = {
         "csv": "labels.csv",
         "path_column": "path",
@@ -58,13 +58,6 @@ class CSVListSource(FileImagesMixin, Source):
         "image_root": None,
         "channels": 3,
     }
-
-    @property
-    def channels(self) -> int:  # type: ignore[override]
-        c = self.opts["channels"]
-        if c not in (1, 3):
-            raise ValueError(f"dataset.options.channels must be 1 or 3, got {c!r}")
-        return c
 
     def csv_path(self) -> Path:
         root = require_root(self.name, self.root)

@@ -15,22 +15,15 @@ from pathlib import Path
 import pandas as pd
 
 from . import Source, SourceIndex, register_source
-from ._files import FileImagesMixin, inside, labels_from_names, list_images, require_root
+from ._files import ChannelsOption, FileImagesMixin, inside, labels_from_names, list_images, require_root
 
 
 @register_source("imagefolder")
-class ImageFolderSource(FileImagesMixin, Source):
+class ImageFolderSource(ChannelsOption, FileImagesMixin, Source):
     options = {"class_names": None, "split_dirs": None, "channels": 3}
 
     def image_root(self) -> Path:
         return require_root(self.name, self.root)
-
-    @property
-    def channels(self) -> int:  # type: ignore[override]
-        c = self.opts["channels"]
-        if c not in (1, 3):
-            raise ValueError(f"dataset.options.channels must be 1 or 3, got {c!r}")
-        return c
 
     def index(self) -> SourceIndex:
         root = self.image_root()
