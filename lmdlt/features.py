@@ -39,26 +39,27 @@ from .data.splits import SPLITS, read_manifest
 from .io import atomic_path, check_config_hash, h5_read_provenance, h5_write_provenance, open_h5, provenance, sha256_file
 from .runtime import autocast, resolve_precision, select_device, setup_torch, use_channels_last
 from .models.checkpoint import load_checkpoint
+from .progress import bar
 
 log = logging.getLogger("lmdlt.features")
 
 
 @torch.inference_mode()
 def encode(net, images: np.ndarray, device, batch_size: int = 512, precision: str = "fp32",
-           channels_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
+           channels_last: bool = False, desc: str = "encode") -> tuple[np.ndarray, np.ndarray]:
     """Features and logits (float32) of uint8 NHWC ``images``, ``batch_size`` at a time.
 
     ``precision`` is a resolved one (``fp32`` or ``bf16``: autocast of the forward pass, outputs
     returned as float32); ``channels_last`` also puts the weights in channels-last memory
     format. Batches keep the cache's layout either way: NHWC images permuted to NCHW are
     channels-last in memory already (no copy; on the CPU this measured faster than contiguous
-    NCHW, benchmarks/extraction.py).
+    NCHW, benchmarks/extraction.py). On a terminal a bar (``desc``) shows the batches.
     """
     net.eval()
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     feats, logits = [], []
-    for start in range(0, len(images), batch_size):
+    for start in bar(range(0, len(images), batch_size), desc=desc, unit="batch"):
         x = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2)
         x = x.to(device, non_blocking=True)
         if channels_last:
@@ -101,11 +102,13 @@ def augmented_views(images: np.ndarray, transform, n_views: int, seed: int) -> n
     random stream seeded with ``seed`` in a forked random state."""
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     out = np.empty((n_views, *images.shape), dtype=np.uint8)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), bar(total=n_views * len(x), desc="augment views",
+                                                unit="image") as shown:
         torch.manual_seed(seed)
         for v in range(n_views):
             for i in range(len(x)):
                 out[v, i] = transform(x[i]).permute(1, 2, 0).numpy()
+                shown.update()
     return out
 
 
@@ -147,13 +150,16 @@ def extract_features(checkpoint_path, manifest_path, cache_path, out_path,
         transform, described = view_transform(s1_cfg, counts, int(cache.shape[1]))  # as the trainer
         config.update({"view_transform": described, "view_augment": s1_cfg["augment"],
                        "view_seed": seed})
-    prov = provenance("features", config, {"checkpoint": ckpt_hash, "split": man_meta["content_hash"]},
+    # the encoder's stage-1 config hash travels on, so stage 2 and the report can check it
+    prov = provenance("features", config, {"checkpoint": ckpt_hash, "split": man_meta["content_hash"],
+                                           "stage1_config": meta["provenance"].get("config_hash")},
                       seed)
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
         for split in SPLITS:
             rows = table[table["split"] == split]
             t0 = time.perf_counter()
-            feats, logits = encode(net, cache.load(rows["id"].tolist()), dev, batch_size, prec, cl)
+            feats, logits = encode(net, cache.load(rows["id"].tolist()), dev, batch_size, prec, cl,
+                                   desc=f"features {split}")
             g = f.create_group(split)
             g["features"] = feats
             g["logits"] = logits
@@ -167,7 +173,8 @@ def extract_features(checkpoint_path, manifest_path, cache_path, out_path,
             rows = table[table["split"] == "train"]
             images = cache.load(rows["id"].tolist())
             views = augmented_views(images, transform, train_views, seed)
-            encoded = [encode(net, v, dev, batch_size, prec, cl) for v in views]
+            encoded = [encode(net, v, dev, batch_size, prec, cl, desc=f"features view {i + 1}/{len(views)}")
+                       for i, v in enumerate(views)]
             f["train_views/features"] = np.stack([e[0] for e in encoded])
             f["train_views/logits"] = np.stack([e[1] for e in encoded])
             log.info("train: %d augmented views of %d images (%s) in %.2fs", train_views, len(rows),

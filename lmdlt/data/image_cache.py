@@ -10,9 +10,9 @@ import os
 
 import h5py
 import numpy as np
-from tqdm import tqdm
 
 from ..io import atomic_path, h5_read_provenance, h5_write_provenance
+from ..progress import bar
 from .sources import Source
 from .splits import read_manifest
 
@@ -34,11 +34,13 @@ def build_image_cache(source: Source, size: int | None, path, prov: dict) -> int
     index = source.index()
     table = index.table.reset_index(drop=True)
     n = len(table)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    # a bar on a terminal only (the CLI logs one line when the cache is written)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f, \
+            bar(total=n, desc=f"decode {source.name}", unit="image") as shown:
         images = None
-        for start in tqdm(range(0, n, BLOCK), desc=f"decode {source.name}", unit="block",
-                          disable=None):
+        for start in range(0, n, BLOCK):
             block = source.images(table.iloc[start:start + BLOCK], size)
+            shown.update(len(block))
             if images is None:
                 h, w, c = block.shape[1:]
                 images = f.create_dataset("images", shape=(n, h, w, c), dtype=np.uint8,

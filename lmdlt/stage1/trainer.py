@@ -32,6 +32,7 @@ from ..data.samplers import make_sampler, set_sampler_epoch
 from ..data.transforms import channel_stats
 from ..io import atomic_path, provenance
 from ..models import build_network
+from ..progress import Pace, bar
 from ..resume import ResumeState, rng_state, run_identity, set_rng_state
 from ..runtime import autocast, loader_options, resolve_precision, setup_torch, use_channels_last
 from .base import get_method
@@ -267,7 +268,11 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
         set_rng_state(resumed["rng"], *sampler_gens)
         best, history, start_epoch = resumed["best"], resumed["history"], resumed["epoch"]
         log.info("resumed from epoch %d/%d (%s)", start_epoch, cfg["epochs"], resume.path)
-    for epoch in range(start_epoch, cfg["epochs"]):
+    pace = Pace(cfg["epochs"], start_epoch)
+    # a bar on a terminal only (rank 0); a log file gets the one line per epoch below
+    epochs = bar(range(start_epoch, cfg["epochs"]), total=cfg["epochs"], initial=start_epoch,
+                 desc=f"stage1 {cfg['method']}", unit="epoch", enable=ddp.is_main)
+    for epoch in epochs:
         t0 = time.perf_counter()
         net.train()
         extra.train()
@@ -279,7 +284,8 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
         if paired is not None:
             set_sampler_epoch(paired.sampler, epoch)
             paired_batches = _cycle(paired)
-        for step, (x, y) in enumerate(loader, 1):
+        for step, (x, y) in enumerate(bar(loader, desc=f"epoch {epoch + 1}", unit="batch",
+                                          enable=ddp.is_main), 1):
             x, y = _to(x, dev, memory_format), y.to(dev, non_blocking=True)
             kw = {}
             if paired_batches is not None:
@@ -316,8 +322,9 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
                "step_losses": step_losses}
         history.append(row)
         terms_txt = " ".join(f"{n} {v:.4f}" for n, v in means.items())
-        log.info("epoch %d/%d loss %.4f (%s) val_bacc %.4f lr %.4g %.1fs", epoch + 1, cfg["epochs"],
-                 row["loss"], terms_txt, val_bacc, row["lr"], row["seconds"])
+        log.info("epoch %d/%d loss %.4f (%s) val_bacc %.4f lr %.4g %.1fs %s", epoch + 1, cfg["epochs"],
+                 row["loss"], terms_txt, val_bacc, row["lr"], row["seconds"], pace.text(epoch + 1))
+        epochs.set_postfix(loss=f"{row['loss']:.4f}", val_bacc=f"{val_bacc:.4f}", refresh=False)
         # best_val only among the epochs the method counts as itself (e.g. RRL after its warm-up)
         if cfg["select"] == "last" or (method.selectable(epoch) and val_bacc > best["val_bacc"]):
             best = {"epoch": epoch + 1, "val_bacc": val_bacc,
@@ -326,6 +333,7 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
                      "method": method.state_dict(), "optimizer": opt.state_dict(),
                      "scheduler": sched.state_dict(), "rng": rng_state(*sampler_gens),
                      "best": best, "history": history})
+    epochs.close()
     if not ddp.is_main:
         ddp.close()
         return None  # only rank 0 writes the checkpoint

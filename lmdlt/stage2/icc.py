@@ -59,6 +59,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..data.samplers import make_sampler
+from ..progress import Pace, bar
 from ..resume import rng_state, set_rng_state
 from ..runtime import loader_options
 from .base import Stage2Method, register
@@ -212,7 +213,11 @@ class IterativeClassifierCalibration(Stage2Method):
             start = saved["iteration"]
             log.info("resumed from %s: ICC after iteration %d/%d", self.resume.path, start,
                      p["iterations"])
-        for j in range(start, p["iterations"]):
+        pace = Pace(p["iterations"], start)
+        # a bar on a terminal only; a log file gets the one line per iteration below
+        iterations = bar(range(start, p["iterations"]), total=p["iterations"], initial=start,
+                         desc="ICC", unit="iter")
+        for j in iterations:
             factor = lr_factor(p, j)
             t0 = time.perf_counter()
             # M-step: features of the current encoder, Gaussians (EMA), classifier on VFC
@@ -243,8 +248,10 @@ class IterativeClassifierCalibration(Stage2Method):
                    "m_seconds": t_m, "e_seconds": t_e, "seconds": time.perf_counter() - t0}
             self.history.append(row)
             e_txt = " ".join(f"{n} {v:.4f}" for n, v in e_out.items())
-            log.info("ICC iteration %d/%d: M loss %.4f, E %s, val_bacc %.4f; %.2fs (M %.2fs, E %.2fs)",
-                     j + 1, p["iterations"], m_out["m_loss"], e_txt, val_bacc, row["seconds"], t_m, t_e)
+            log.info("ICC iteration %d/%d: M loss %.4f, E %s, val_bacc %.4f; %.2fs (M %.2fs, E %.2fs) %s",
+                     j + 1, p["iterations"], m_out["m_loss"], e_txt, val_bacc, row["seconds"], t_m, t_e,
+                     pace.text(j + 1))
+            iterations.set_postfix(val_bacc=f"{val_bacc:.4f}", refresh=False)
             if p["select"] == "last" or val_bacc > best["val_bacc"]:
                 best = {"iteration": j + 1, "val_bacc": val_bacc,
                         "net": pre["net"] if pre is not None else copy.deepcopy(net.state_dict()),
@@ -255,6 +262,7 @@ class IterativeClassifierCalibration(Stage2Method):
                     "mstep": mstep.state_dict(), "layer": layer.state_dict(),
                     "opt_m": opt_m.state_dict(), "best": best, "history": self.history,
                     "rng": rng_state(generator)})
+        iterations.close()
         net.load_state_dict(best["net"])
         net.classifier.load_state_dict(best["layer"])
         self.net = net.eval()
@@ -278,7 +286,7 @@ class IterativeClassifierCalibration(Stage2Method):
         seen = 0
         params = [(n, q) for n, q in net.encoder.named_parameters()]
         for epoch in range(p["e_epochs"]):
-            for step, (x, y) in enumerate(loader):
+            for step, (x, y) in enumerate(bar(loader, desc=f"E-step {mstep.step}", unit="batch")):
                 x, y = x.to(device), y.to(device)
                 terms = e_step_terms(net, layer, x, y, mu, chol, p)
                 where = f"ICC iteration {mstep.step} E-step: epoch {epoch + 1}, step {step + 1}"
