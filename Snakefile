@@ -14,8 +14,8 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/stage1.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/stage2.smk"
-include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/results_page.smk"
 
 
 rule all:

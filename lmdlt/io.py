@@ -139,7 +139,7 @@ _PRODUCERS = {
     "model.pt": "train_stage1",
     "features.h5": "extract_features",
     "predictions.h5": "train_stage2 or train_stage2_encoder",
-    "metrics.json": "evaluate_stage1 or evaluate_stage2",
+    "metrics.json": "extract_features, train_stage2 or train_stage2_encoder",
     "split.parquet": "split",
 }
 

@@ -7,7 +7,7 @@ import numpy as np
 from scipy.special import softmax
 from sklearn import metrics as skm
 
-from .io import h5_read_provenance, open_h5, provenance, sha256_file, write_json
+from .io import check_config_hash, h5_read_provenance, open_h5, provenance, sha256_file, write_json
 
 log = logging.getLogger("lmdlt.evaluate")
 
@@ -57,8 +57,11 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: in
     return float(np.abs(acc_sum - conf_sum).sum() / len(labels))
 
 
-def compute_metrics(labels: np.ndarray, logits: np.ndarray, groups: dict[str, list[int]]) -> dict:
-    """All metrics of one run on one split."""
+def compute_metrics(labels: np.ndarray, logits: np.ndarray,
+                    groups: dict[str, list[int]] | None = None) -> dict:
+    """All metrics of one run on one split; the head/medium/tail BACCs only with ``groups``
+    (the pipeline derives them at the report, ``group_metrics``, so that a change of the
+    ``groups`` rule re-runs only the report, never a producer)."""
     k = logits.shape[1]
     classes = list(range(k))
     probs = softmax(logits.astype(np.float64), axis=1)
@@ -77,13 +80,28 @@ def compute_metrics(labels: np.ndarray, logits: np.ndarray, groups: dict[str, li
         "kappa": skm.cohen_kappa_score(labels, pred, labels=classes),
         "ece": expected_calibration_error(labels, probs),
     }
-    for g in GROUPS:
-        ids = groups.get(g, [])
-        # group BACC = mean recall of the group's classes (NaN for an empty group)
-        out[f"{g}_bacc"] = float(np.mean(per_class[ids])) if ids else float("nan")
+    if groups is not None:
+        out.update(_group_baccs(per_class, groups))
     out = {name: float(v) for name, v in out.items()}
     out["per_class_recall"] = [float(r) for r in per_class]
     return out
+
+
+GROUP_METRICS = tuple(f"{g}_bacc" for g in GROUPS)
+
+
+def _group_baccs(per_class: np.ndarray, groups: dict[str, list[int]]) -> dict[str, float]:
+    # group BACC = mean recall of the group's classes (NaN for an empty group)
+    return {f"{g}_bacc": float(np.mean(per_class[groups.get(g, [])])) if groups.get(g) else float("nan")
+            for g in GROUPS}
+
+
+def group_metrics(record: dict, group_rule: dict) -> dict[str, float]:
+    """Head / medium / tail BACC of a metrics record (``evaluate_file``'s JSON) under
+    ``group_rule``, from its per-class recall and training counts: exactly what
+    ``compute_metrics`` gives with the same groups."""
+    per_class = np.asarray(record["metrics"]["per_class_recall"], dtype=np.float64)
+    return _group_baccs(per_class, class_groups(np.asarray(record["train_counts"]), group_rule))
 
 
 def check_against_manifest(predictions_path, f, manifest_path, split: str) -> dict:
@@ -144,12 +162,18 @@ def check_against_manifest(predictions_path, f, manifest_path, split: str) -> di
     return {}
 
 
-def evaluate_file(predictions_path, group_rule: dict, out_path, split: str = "test",
-                  manifest_path=None) -> dict:
+def evaluate_file(predictions_path, group_rule: dict | None, out_path, split: str = "test",
+                  manifest_path=None, stage1_params: dict | None = None,
+                  stage2_params: dict | None = None) -> dict:
     """Metrics of a features or predictions HDF5 file (its ``/<split>/logits``) to JSON.
 
     With ``manifest_path`` (as the pipeline always passes) the provenance and leak guards of
-    ``check_against_manifest`` run first.
+    ``check_against_manifest`` run first. ``stage1_params`` / ``stage2_params`` (the variant
+    configs the metrics are being made for): the file's recorded stage-1 config hash (features
+    and predictions both record their encoder's) and, for stage-2 predictions, its own config
+    hash must be theirs (``io.check_config_hash``). ``group_rule`` None (the pipeline's
+    producers): no head/medium/tail BACC in the record; the report derives them
+    (``group_metrics``) from the per-class recall and training counts it always holds.
     """
     with open_h5(predictions_path, "predictions file") as f:
         parent = h5_read_provenance(f)
@@ -159,18 +183,27 @@ def evaluate_file(predictions_path, group_rule: dict, out_path, split: str = "te
         class_names = [str(c) for c in f.attrs["class_names"]]
         train_counts = np.bincount(f["train/labels"][:], minlength=len(class_names))
         labels, logits = f[f"{split}/labels"][:], f[f"{split}/logits"][:]
+    recorded_stage1 = {"config_hash": parent.get("parents", {}).get("stage1_config")}
+    if stage1_params is not None:
+        check_config_hash(predictions_path, recorded_stage1, stage1_params, out_path, "stage-1")
+    if stage2_params is not None:
+        check_config_hash(predictions_path, parent, stage2_params, out_path, "stage-2")
     if not np.isfinite(logits).all():
         raise ValueError(f"{predictions_path}: non-finite logits in the {split} split")
-    groups = class_groups(train_counts, group_rule)
+    groups = class_groups(train_counts, group_rule) if group_rule is not None else None
     result = compute_metrics(labels, logits, groups)
     log.info("%s on %s: %s", predictions_path, split,
              " ".join(f"{k} {v:.4f}" for k, v in result.items() if not isinstance(v, list)))
-    parents = {"predictions": sha256_file(predictions_path)}
+    parents = {"predictions": sha256_file(predictions_path),
+               # the configs the scored file was made for, checked by the report
+               "scored_config": parent.get("config_hash"), "scored_stage": parent.get("stage"),
+               "stage1_config": recorded_stage1["config_hash"]}
     if manifest_path is not None:
         parents["split"] = parent["parents"].get("split")
     record = {
         "split": split, "metrics": result, "class_names": class_names,
-        "train_counts": train_counts.tolist(), "groups": groups, "group_rule": group_rule,
+        "train_counts": train_counts.tolist(),
+        **({"groups": groups, "group_rule": group_rule} if group_rule is not None else {}),
         "n_images": int(len(labels)),
         **({"naive_split_leak": leak} if leak else {}),
         "provenance": provenance("evaluate", {"group_rule": group_rule, "split": split},

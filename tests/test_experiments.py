@@ -215,3 +215,51 @@ def test_digits_sweeps_overlay_fills_tables_4_5_and_the_sweep_figures():
     assert xs["fig3"][0] == [10, 100, 500, 10000]         # R of VFC (500: ICC's M-step, inherited)
     assert xs["fig6"] == [[1, 3, 5, 20]]                   # J of ICC
     assert xs["fig7"] == [[0.3, 1.0, 3.0, 10.0]]           # lambda_1 of RRL
+
+
+RESULTS = [EXPERIMENTS / "ham10000-lt.yaml", EXPERIMENTS / "overlays" / "lmd-ham10000.yaml",
+           EXPERIMENTS / "overlays" / "results-ham10000.yaml"]
+
+
+def _jobs(out: str, rule: str) -> int:
+    m = re.search(rf"^{rule}\s+(\d+)$", out, re.M)
+    return int(m.group(1)) if m else 0
+
+
+@pytest.mark.realdata
+def test_results_page_experiment_dry_run(tmp_path, shared_data):
+    """issue 18: every row of the page's table is scheduled, every stage-1 row at one budget
+    (28 px, width 16, 20 epochs, batch 128, lr 0.1), and the page is an output."""
+    from snakemake.utils import update_config
+
+    from lmdlt.config import validate_config
+
+    out, _ = _dry_run(tmp_path, RESULTS, shared_data)
+    cfg = yaml.safe_load(RESULTS[0].read_text())
+    for f in RESULTS[1:]:  # merged as Snakemake merges --configfile
+        update_config(cfg, yaml.safe_load(f.read_text()))
+    validate_config(cfg)
+    encoders = cfg["stage1"]
+    assert len(encoders) == 18 and _jobs(out, "train_stage1") == 18 * 3
+    budgets = {(v["epochs"], v["batch_size"], v["lr"], v["model"]["width"]) for v in encoders.values()}
+    assert budgets == {(20, 128, 0.1, 16)}, "every stage-1 row shares one budget"
+    assert "images_28px.h5" in out and _jobs(out, "results_page") == 1
+    assert "docs/results.md" in out
+    rows = cfg["report"]["tables"]["table2"]["rows"]
+    assert len(rows) == 30 and {"ce/crt", "rrl/icc", "iccl/kd_rebalance", "ce/logit_adjust"} <= {r["run"] for r in rows}
+
+
+@pytest.mark.realdata
+def test_results_page_naive_curve_and_gpu_configs_dry_run(tmp_path, shared_data):
+    naive, _ = _dry_run(tmp_path, [*RESULTS, EXPERIMENTS / "overlays" / "results-ham10000-naive.yaml"],
+                        shared_data, "naive")
+    assert "results/ham10000-lt-naive/seed0/split.parquet" in naive and '"grouped": false' in naive
+    assert _jobs(naive, "results_page") == 0
+    curve, _ = _dry_run(tmp_path, [RESULTS[0], EXPERIMENTS / "overlays" / "results-ham10000-curve.yaml"],
+                        shared_data, "curve")
+    assert _jobs(curve, "train_stage1") == 1 and '"epochs": 40' in curve
+    gpu, _ = _dry_run(tmp_path, [*RESULTS, EXPERIMENTS / "overlays" / "results-ham10000-gpu.yaml"],
+                      shared_data, "gpu")
+    assert "images_224px.h5" in gpu and '"arch": "small_resnet"' not in gpu
+    assert _jobs(gpu, "train_stage1") == 18 * 3 and '"iterations": 200' in gpu
+    assert "results/ham10000-lt/results-gpu.md" in gpu

@@ -35,16 +35,45 @@ EXTRA_METRICS = ["ece"]  # aggregated for the notes (calibration), not table col
 
 
 def metric_values(spec_row: dict, metric: str) -> dict[str, float]:
-    """{seed: value} of one metric over the row's metric files; a missing file is an error."""
+    """{seed: value} of one metric over the row's metric files; a missing file is an error.
+    Head / medium / tail BACC come from each file's per-class recall and training counts under
+    the row's ``group_rule`` (the config's ``groups``: the pipeline's producers do not fix them,
+    so a change of the rule re-runs only the report); each file must also have been made for
+    the row's configs when the row carries their hashes (``config_hashes``, ``check_row_provenance``)."""
+    from ..metrics import GROUP_METRICS, group_metrics
+
     out = {}
     for seed, path in spec_row["files"].items():
         if not Path(path).is_file():
             raise FileNotFoundError(f"row {spec_row['row']!r}, seed {seed}: metric file {path} is "
                                     "missing (run the pipeline for it, or drop the seed)")
-        value = read_json(path)["metrics"].get(metric)
+        record = read_json(path)
+        check_row_provenance(spec_row, path, record)
+        if metric in GROUP_METRICS and spec_row.get("group_rule") is not None:
+            value = group_metrics(record, spec_row["group_rule"])[metric]
+        elif metric in GROUP_METRICS and metric not in record["metrics"]:
+            raise ValueError(f"row {spec_row['row']!r}: {metric} needs the head/medium/tail rule "
+                             f"(the row's group_rule), and {path} records none")
+        else:
+            value = record["metrics"].get(metric)
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
             out[seed] = float(value)
     return out
+
+
+def check_row_provenance(spec_row: dict, path, record: dict) -> None:
+    """The loop closed at the report: a metric file must score an output of the row's own
+    stage-1 (and stage-2) variant configs, compared by the config hashes its record carries."""
+    want = spec_row.get("config_hashes") or {}
+    parents = record.get("provenance", {}).get("parents", {})
+    got = {"stage1": parents.get("stage1_config"),
+           "stage2": parents.get("scored_config") if parents.get("scored_stage") == "stage2" else None}
+    for stage, expected in want.items():
+        if expected is not None and got.get(stage) != expected:
+            raise ValueError(
+                f"row {spec_row['row']!r}: {path} scores an output of another {stage} config "
+                f"(config_hash {got.get(stage)}) than the row's (config_hash {expected}); "
+                f"delete it and re-run snakemake to rebuild it from the configured variant")
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -72,7 +101,7 @@ def aggregate_table(spec: dict) -> pd.DataFrame:
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
         raise ValueError(f"{spec['table']}: rows share a label {dup}; give them distinct labels")
-    first = read_json(next(iter(spec["rows"][0]["files"].values()))) if spec["rows"] else {}
+    first = spec["rows"][0] if spec["rows"] else {}
     records = []
     for r in spec["rows"]:
         rec = {"table": spec["table"], "experiment": spec["experiment"],

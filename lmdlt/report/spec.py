@@ -114,9 +114,21 @@ def _files(paths: dict, s1: str, s2: str | None, seeds: list[int]) -> dict:
             "predictions": {str(s): p.format(seed=s, s1=s1, s2=s2) for s in seeds}}
 
 
+def row_checks(config: dict, s1: str, s2: str | None) -> dict:
+    """What a report row's metric files are checked against and aggregated with: the head /
+    medium / tail rule (``groups``) and the config hashes of its stage-1 and stage-2 variants
+    (hashed as their producers' provenance records them: the validated variant configs)."""
+    from ..io import sha256_json
+
+    return {"group_rule": config["groups"],
+            "config_hashes": {"stage1": sha256_json(config["stage1"][s1]),
+                              **({"stage2": sha256_json(config["stage2"][s2])} if s2 else {})}}
+
+
 def _row(config, s1, s2, paths, label=None, **extra) -> dict:
     return {"row": label or row_label(config, s1, s2), "run": run_name(s1, s2), "stage1": s1,
-            "stage2": s2, **_files(paths, s1, s2, config["seeds"]), **extra}
+            "stage2": s2, **_files(paths, s1, s2, config["seeds"]), **row_checks(config, s1, s2),
+            **extra}
 
 
 def table_specs(config: dict, paths: dict) -> dict[str, dict]:
@@ -170,9 +182,9 @@ def _fine_tunes_encoder(config: dict, s2: str | None) -> bool:
     the stage-1 features file but those its predictions file stores."""
     if s2 is None:
         return False
-    from ..stage2 import get_method
+    from ..catalog import get_method  # not lmdlt.stage2: the workflow's parse imports no torch
 
-    return bool(get_method(config["stage2"][s2]["method"]).needs_encoder)
+    return bool(get_method("stage2", config["stage2"][s2]["method"]).needs_encoder)
 
 
 def _sweep_label(table, values, config, s1, s2) -> str:

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from ..features import FeatureSet
-from ..io import atomic_path, h5_write_provenance, provenance, sha256_file
+from ..io import atomic_path, check_config_hash, h5_write_provenance, provenance, sha256_file
 from ..resume import ResumeState, run_identity
 from ..runtime import setup_torch
 from .base import get_method
@@ -79,8 +79,16 @@ def check_features(fs: FeatureSet, checkpoint_path=None, manifest_path=None,
     check_train_views(fs, train_views)
 
 
+def check_stage1_config(artefact, recorded_hash: str | None, stage1_params: dict | None, out_path) -> None:
+    """``artefact`` (a features file or checkpoint) must come from the stage-1 variant config
+    ``stage1_params`` (None: not checked), compared by config hash (``io.check_config_hash``)."""
+    if stage1_params is not None:
+        check_config_hash(artefact, {"config_hash": recorded_hash}, stage1_params, out_path, "stage-1")
+
+
 def run_stage2(features_path, cfg: dict, seed: int, out_path, threads: int | None = None,
-               checkpoint_path=None, manifest_path=None, train_views: int | None = None) -> dict:
+               checkpoint_path=None, manifest_path=None, train_views: int | None = None,
+               stage1_params: dict | None = None) -> dict:
     """Fit a features-based stage-2 method and write its predictions. With ``checkpoint_path``
     / ``manifest_path`` the features must have been extracted with that checkpoint on that
     split, with ``train_views`` holding that many augmented training views
@@ -90,6 +98,8 @@ def run_stage2(features_path, cfg: dict, seed: int, out_path, threads: int | Non
     gen = setup_torch(seed, threads)
     fs = FeatureSet(features_path)
     check_features(fs, checkpoint_path, manifest_path, train_views)
+    stage1_hash = fs.provenance.get("parents", {}).get("stage1_config")
+    check_stage1_config(features_path, stage1_hash, stage1_params, out_path)
     k = len(fs.class_names)
     method = get_method(cfg["method"])(cfg["params"], k)
     if method.needs_encoder:
@@ -102,7 +112,7 @@ def run_stage2(features_path, cfg: dict, seed: int, out_path, threads: int | Non
     if fs.num_train_views:
         train = with_train_views(train, fs.train_views)
     parents = {"features": sha256_file(features_path), "checkpoint": fs.attrs["checkpoint_sha256"],
-               "split": fs.attrs["split_hash"]}
+               "split": fs.attrs["split_hash"], "stage1_config": stage1_hash}
     method.resume = ResumeState(out_path, run_identity("stage2", cfg, parents, seed))
     method.fit(train, val, fs.classifier, gen)  # the test split is never handed to fit
     summary = method.summary()
@@ -140,8 +150,10 @@ def write_predictions(out_path, outputs: dict, state: dict, class_names, checkpo
 
 
 def run_stage2_encoder(checkpoint_path, manifest_path, cache_path, cfg: dict, seed: int, out_path,
-                       threads: int | None = None, device: str = "auto") -> dict:
-    """Run a stage-2 method that fine-tunes the encoder; write predictions of every split."""
+                       threads: int | None = None, device: str = "auto",
+                       stage1_params: dict | None = None) -> dict:
+    """Run a stage-2 method that fine-tunes the encoder; write predictions of every split. With
+    ``stage1_params`` the checkpoint must come from that stage-1 variant config."""
     from ..data.image_cache import ImageCache, check_checkpoint_inputs, load_split_images
     from ..data.splits import read_manifest
     from ..runtime import select_device
@@ -155,6 +167,8 @@ def run_stage2_encoder(checkpoint_path, manifest_path, cache_path, cfg: dict, se
         raise ValueError(f"stage-2 method {cfg['method']!r} works on cached features: run it with "
                          "`lmdlt train-stage2 --features ...`")
     net, meta = load_checkpoint(checkpoint_path, dev)
+    stage1_hash = meta["provenance"].get("config_hash")
+    check_stage1_config(checkpoint_path, stage1_hash, stage1_params, out_path)
     cache = ImageCache(cache_path)
     check_checkpoint_inputs(checkpoint_path, meta, manifest_path, read_manifest(manifest_path)[1], cache)
     data = load_split_images(manifest_path, cache_path)
@@ -163,7 +177,8 @@ def run_stage2_encoder(checkpoint_path, manifest_path, cache_path, cfg: dict, se
     k = meta["num_classes"]
     method = method_cls(cfg["params"], k)
     ckpt_hash = sha256_file(checkpoint_path)
-    parents = {"checkpoint": ckpt_hash, "split": split_hash, "images": images_hash}
+    parents = {"checkpoint": ckpt_hash, "split": split_hash, "images": images_hash,
+               "stage1_config": stage1_hash}
     method.resume = ResumeState(out_path, run_identity("stage2", cfg, parents, seed))
     (x_tr, y_tr, _), (x_val, y_val, _) = data["train"], data["val"]
     log.info("%s on %s (device %s): train %d images (per class %s), val %d", cfg["method"],

@@ -1,5 +1,7 @@
 # Feature extraction: features, logits and labels of every split, once per checkpoint (and
 # features.train_views augmented passes of the training split; a change of it re-runs this).
+# The same job scores the stage-1 classifier on the test split (metrics.json): evaluation runs
+# where the predictions are made, not as a job of its own (docs/benchmarks.md, section 7).
 
 
 rule extract_features:
@@ -7,12 +9,13 @@ rule extract_features:
         checkpoint=CHECKPOINT,
         split=SPLIT,
         images=IMAGES,
-        params=lambda w: params_stamp(FEATURES.format(**w), {
+        params=lambda w: params_stamp([FEATURES.format(**w), STAGE1_METRICS.format(**w)], {
             "device": DEVICE, "precision": config["compute"]["precision"],
             "channels_last": config["compute"]["channels_last"],
             "train_views": config["features"]["train_views"]}),
     output:
-        FEATURES,
+        features=FEATURES,
+        metrics=STAGE1_METRICS,
     params:
         device=DEVICE,
         precision=config["compute"]["precision"],
@@ -29,4 +32,4 @@ rule extract_features:
         " --threads {threads} --device {params.device:q} --precision {params.precision:q}"
         " --channels-last {params.channels_last:q} --train-views {params.train_views}"
         " --stage1-params {params.stage1:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --out {output.features:q} --metrics-out {output.metrics:q} > {log:q} 2>&1"

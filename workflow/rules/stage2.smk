@@ -3,6 +3,8 @@
 # train_stage2_encoder: methods that fine-tune the encoder (LMD's ICC), from the checkpoint,
 # the split manifest and the image cache. Both write the same predictions layout to the same
 # path; the s2 wildcard constraint sends each variant to the one rule that can produce it.
+# Both also score their predictions on the test split (metrics.json) in the same job, and check
+# that the encoder comes from the configured stage-1 variant (--stage1-params, its config hash).
 # No GPU is requested here (a local run must never wait for one); the SLURM profile adds
 # `gpu` to train_stage2_encoder through set-resources.
 
@@ -12,13 +14,16 @@ rule train_stage2:
         features=FEATURES,
         checkpoint=CHECKPOINT,  # read only to check the features' provenance
         split=SPLIT,
-        params=lambda w: params_stamp(PREDICTIONS.format(**w), {"variant": as_json(config["stage2"][w.s2])}),
+        params=lambda w: params_stamp([PREDICTIONS.format(**w), STAGE2_METRICS.format(**w)],
+                                      {"variant": as_json(config["stage2"][w.s2])}),
     output:
-        PREDICTIONS,
+        predictions=PREDICTIONS,
+        metrics=STAGE2_METRICS,
     wildcard_constraints:
         s2=names_regex(S2_FEATURE_VARIANTS),
     params:
         variant=lambda w: as_json(config["stage2"][w.s2]),
+        stage1=lambda w: stage1_params(w.s1)["variant"],  # the encoder's recorded config
     threads: 1
     log:
         LOGS + "/seed{seed}/stage2_{s1}_{s2}.log",
@@ -26,8 +31,9 @@ rule train_stage2:
         BENCHMARKS + "/seed{seed}/stage2_{s1}_{s2}.tsv"
     shell:
         "lmdlt train-stage2 --features {input.features:q} --checkpoint {input.checkpoint:q}"
-        " --split {input.split:q} --params {params.variant:q}"
-        " --seed {wildcards.seed} --threads {threads} --out {output:q} > {log:q} 2>&1"
+        " --split {input.split:q} --params {params.variant:q} --stage1-params {params.stage1:q}"
+        " --seed {wildcards.seed} --threads {threads} --out {output.predictions:q}"
+        " --metrics-out {output.metrics:q} > {log:q} 2>&1"
 
 
 rule train_stage2_encoder:
@@ -35,14 +41,16 @@ rule train_stage2_encoder:
         checkpoint=CHECKPOINT,
         split=SPLIT,
         images=IMAGES,
-        params=lambda w: params_stamp(PREDICTIONS.format(**w), {"variant": as_json(config["stage2"][w.s2]),
-                                                                "device": DEVICE}),
+        params=lambda w: params_stamp([PREDICTIONS.format(**w), STAGE2_METRICS.format(**w)],
+                                      {"variant": as_json(config["stage2"][w.s2]), "device": DEVICE}),
     output:
-        PREDICTIONS,
+        predictions=PREDICTIONS,
+        metrics=STAGE2_METRICS,
     wildcard_constraints:
         s2=names_regex(S2_ENCODER_VARIANTS),
     params:
         variant=lambda w: as_json(config["stage2"][w.s2]),
+        stage1=lambda w: stage1_params(w.s1)["variant"],  # the checkpoint's recorded config
         device=DEVICE,
     threads: THREADS
     log:
@@ -51,5 +59,6 @@ rule train_stage2_encoder:
         BENCHMARKS + "/seed{seed}/stage2_{s1}_{s2}.tsv"
     shell:
         "lmdlt train-stage2-encoder --checkpoint {input.checkpoint:q} --split {input.split:q}"
-        " --images {input.images:q} --params {params.variant:q} --seed {wildcards.seed}"
-        " --threads {threads} --device {params.device:q} --out {output:q} > {log:q} 2>&1"
+        " --images {input.images:q} --params {params.variant:q} --stage1-params {params.stage1:q}"
+        " --seed {wildcards.seed} --threads {threads} --device {params.device:q}"
+        " --out {output.predictions:q} --metrics-out {output.metrics:q} > {log:q} 2>&1"

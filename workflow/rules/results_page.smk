@@ -1,0 +1,46 @@
+# The results page (report.results_page, e.g. docs/results.md): rendered from this experiment's
+# comparison table and, when their outputs exist, the naive-split experiment's same table and
+# the learning-curve experiment's checkpoints (lmdlt/report/results_page.py). No number on the
+# page is typed by hand; its CSVs are copied beside it for tests/test_results_page.py.
+RESULTS_PAGE = config["report"].get("results_page")
+
+
+def results_page_inputs():
+    page = RESULTS_PAGE
+    out = {"table": f"{TABLES}/{page['table']}.csv"}
+    if page.get("naive"):
+        naive = f"{config['results_dir']}/{page['naive']}/tables/{page['table']}.csv"
+        if os.path.exists(naive):
+            out["naive"] = naive
+    if page.get("curve"):
+        curve = [f"{config['results_dir']}/{page['curve']}/seed{s}/stage1/{page['curve_variant']}/model.pt"
+                 for s in SEEDS]
+        out["curve"] = [c for c in curve if os.path.exists(c)]
+    return out
+
+
+if RESULTS_PAGE:
+    if RESULTS_PAGE["table"] not in TABLE_SPECS:
+        raise WorkflowError(f"invalid config: report.results_page.table: {RESULTS_PAGE['table']} "
+                            "is not declared in report.tables")
+    REPORT_FILES.append(RESULTS_PAGE["out"])
+    RESULTS_PAGE_INPUTS = results_page_inputs()
+    # the optional inputs, known at parse time: their options only when they exist
+    RESULTS_PAGE_OPTIONAL = ("".join([" --naive {input.naive:q}" if "naive" in RESULTS_PAGE_INPUTS else "",
+                                      " --curve {input.curve:q}" if RESULTS_PAGE_INPUTS.get("curve") else ""]))
+
+    rule results_page:
+        input:
+            **RESULTS_PAGE_INPUTS,
+        output:
+            RESULTS_PAGE["out"],
+        params:
+            meta=as_json({k: RESULTS_PAGE[k] for k in ("title", "table_title", "command", "machine",
+                                                       "budget", "curve_note")}),
+            benchmarks=BENCHMARKS,
+        log:
+            f"{LOGS}/results_page.log",
+        localrule: True
+        shell:
+            "lmdlt report-results-page --table {input.table:q}" + RESULTS_PAGE_OPTIONAL +
+            " --benchmarks {params.benchmarks:q} --meta {params.meta:q} --out {output:q} > {log:q} 2>&1"
