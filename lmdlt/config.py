@@ -75,12 +75,20 @@ def _parsed_schema(path: str, mtime_ns: int) -> dict:
 
 def validate_config(config: dict, schema_path: str | Path = DEFAULT_SCHEMA) -> dict:
     """Validate a whole pipeline config in place (defaults filled) and return it."""
-    from .data.samplers import available_samplers
+    # Method, encoder and sampler names and schemas come from the catalog, not the torch-backed
+    # registries: the workflow's parse imports no torch (lmdlt/catalog.py says how and why)
+    from .catalog import current
     from .data.sources import available_sources, get_source
     from .data.splits import available_protocols
-    from .models import available_encoders
-    from .stage1 import get_method as get_stage1
-    from .stage2 import get_method as get_stage2
+
+    cat = current()
+    available_encoders, available_samplers = cat.available_encoders, cat.available_samplers
+
+    def get_stage1(name):
+        return cat.get_method("stage1", name)
+
+    def get_stage2(name):
+        return cat.get_method("stage2", name)
 
     if not isinstance(config, dict):
         raise ConfigError(f"the config must be a mapping, got {type(config).__name__}")

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import abc
+import importlib
+import pkgutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,11 +75,39 @@ def register(name: str):
     return deco
 
 
+# Modules of this package that define no method (imported by the methods needing them).
+_NOT_METHODS = {"base", "guards", "linear", "runner"}
+
+
+def import_all() -> None:
+    """Import every method module of this package (each registers its method)."""
+    package = __name__.rpartition(".")[0]
+    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if mod.name not in _NOT_METHODS:
+            importlib.import_module(f"{package}.{mod.name}")
+
+
 def available_methods() -> list[str]:
+    import_all()
     return sorted(_REGISTRY)
 
 
 def get_method(name: str) -> type[Stage2Method]:
+    """The registered class. Imports only the module defining it, so that a job pays for its
+    own method's imports (not torchvision for every stage-1 job): the module named like the
+    method (the convention, no look-up), else the one ``lmdlt.catalog`` names, else all."""
+    if name not in _REGISTRY:
+        own = Path(__file__).parent / f"{name}.py"
+        if name.isidentifier() and name not in _NOT_METHODS and own.is_file():
+            importlib.import_module(f"{__name__.rpartition('.')[0]}.{name}")
+    if name not in _REGISTRY:
+        from ..catalog import method_module
+
+        module = method_module("stage2", name)
+        if module is not None:
+            importlib.import_module(module)
+        if name not in _REGISTRY:  # not in the catalog: look in every module
+            import_all()
     if name not in _REGISTRY:
         raise ValueError(f"unknown stage-2 method {name!r} (known: {', '.join(available_methods())})")
     return _REGISTRY[name]
