@@ -4,6 +4,7 @@ import json
 import os
 
 from lmdlt.config import ConfigError, check_data_root, pairs, row_label, validate_config
+from lmdlt.report.spec import row_checks
 from lmdlt.stamps import write_params_stamp
 
 # `--configfile` files are deep-merged over the Snakefile's config.yaml, which would leak the
@@ -42,11 +43,13 @@ REPORT_FILES = [REPORT_TABLE_MD, REPORT_TABLE_CSV, REPORT_FIGURE, REPORT_FIGURE_
 
 
 def _stage2_variants(needs_encoder):
-    """Stage-2 variant names whose method does (or does not) fine-tune the encoder."""
-    from lmdlt.stage2 import get_method
+    """Stage-2 variant names whose method does (or does not) fine-tune the encoder (from the
+    method catalog: the parse imports no torch, lmdlt/catalog.py)."""
+    from lmdlt.catalog import current
 
+    catalog = current()
     return [name for name, v in config["stage2"].items()
-            if bool(get_method(v["method"]).needs_encoder) == needs_encoder]
+            if bool(catalog.get_method("stage2", v["method"]).needs_encoder) == needs_encoder]
 
 
 def names_regex(names):
@@ -125,6 +128,7 @@ def metrics_file(s1, s2, seed):
 def report_rows():
     return [
         {"row": row_label(config, s1, s2), "stage1": s1, "stage2": s2,
-         "files": {str(seed): metrics_file(s1, s2, seed) for seed in SEEDS}}
+         "files": {str(seed): metrics_file(s1, s2, seed) for seed in SEEDS},
+         **row_checks(config, s1, s2)}
         for s1, s2 in pairs(config)
     ]
