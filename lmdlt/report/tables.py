@@ -35,39 +35,54 @@ def aggregate(rows: list[dict], metrics: list[str]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def to_markdown(table: pd.DataFrame, metrics: list[str], title: str, caption: str) -> str:
-    """Percentages, mean +- std; the best mean of each column in bold."""
+def cells(table: pd.DataFrame, metrics: list[str]) -> tuple[list[str], list[tuple[str, list[tuple[str, bool, bool]]]], list[str]]:
+    """The table's layout, shared by the Markdown and the HTML renderers: the metric columns
+    present, per row ``(label, [(text, is_best, fewer_seeds), ...])`` (percentages, mean +- std;
+    ``fewer_seeds``: the metric is missing from some seeds' files, marked †) and the † notes."""
     cols = [m for m in metrics if f"{m}_mean" in table.columns]
-    header = "| Method | " + " | ".join(METRIC_NAMES.get(m, m) for m in cols) + " |"
-    lines = [f"# {title}", "", header, "|" + "---|" * (len(cols) + 1)]
     # best mean per column: the largest, except for ECE (lower is better)
     best = {m: table[f"{m}_mean"].min() if m == "ece" else table[f"{m}_mean"].max() for m in cols}
-    partial = []
+    rows, partial = [], []
     for _, r in table.iterrows():
-        cells = []
+        out = []
         for m in cols:
             mean, std = r[f"{m}_mean"], r[f"{m}_std"]
             if np.isnan(mean):
-                cells.append("–")
+                out.append(("–", False, False))
                 continue
             # one seed has no spread to show: no "± 0.00"
             txt = f"{100 * mean:.2f}" if r[f"{m}_n"] < 2 else f"{100 * mean:.2f} ± {100 * std:.2f}"
-            txt = f"**{txt}**" if np.isclose(mean, best[m]) else txt
-            if r[f"{m}_n"] < r["n_seeds"]:  # the metric is missing from some seeds' files
-                txt += " †"
+            fewer = bool(r[f"{m}_n"] < r["n_seeds"])  # the metric is missing from some seeds' files
+            if fewer:
                 partial.append(f"{r['row']} {METRIC_NAMES.get(m, m)} {int(r[f'{m}_n'])}/{int(r['n_seeds'])}")
-            cells.append(txt)
-        lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
-    lines += ["", caption]
-    if partial:
-        lines.append("† over fewer seeds than asked for (the metric is missing from some metric "
-                     "files): " + "; ".join(partial) + ".")
-    lines.append("")
+            out.append((txt, bool(np.isclose(mean, best[m])), fewer))
+        rows.append((str(r["row"]), out))
+    notes = (["† over fewer seeds than asked for (the metric is missing from some metric "
+              "files): " + "; ".join(partial) + "."] if partial else [])
+    return cols, rows, notes
+
+
+def to_markdown(table: pd.DataFrame, metrics: list[str], title: str, caption: str) -> str:
+    """Percentages, mean +- std; the best mean of each column in bold."""
+    cols, rows, notes = cells(table, metrics)
+    header = "| Method | " + " | ".join(METRIC_NAMES.get(m, m) for m in cols) + " |"
+    lines = [f"# {title}", "", header, "|" + "---|" * (len(cols) + 1)]
+    for label, out in rows:
+        texts = [(f"**{t}**" if best else t) + (" †" if fewer else "") for t, best, fewer in out]
+        lines.append(f"| {label} | " + " | ".join(texts) + " |")
+    lines += ["", caption] + notes + [""]
     return "\n".join(lines)
+
+
+def metrics_of(table: pd.DataFrame) -> list[str]:
+    """The metric keys of a results CSV, in column order."""
+    return [c[:-len("_mean")] for c in table.columns if c.endswith("_mean")]
 
 
 def write_table(rows: list[dict], metrics: list[str], title: str, group_rule: dict,
                 out_md, out_csv) -> pd.DataFrame:
+    # head / medium / tail under the table's rule (rows may carry it already: the same rule)
+    rows = [{"group_rule": group_rule, **r} for r in rows]
     table = aggregate(rows, metrics)
     seeds = sorted({int(seed) for spec in rows for seed in spec["files"]})
     caption = (f"Test split, in %: mean ± sample standard deviation over seeds {seeds}. "

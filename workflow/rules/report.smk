@@ -1,5 +1,12 @@
 # Report: the results table (mean +- std over seeds) and the per-class recall figure,
 # aggregated from the per-run metric files only.
+#
+# In `snakemake --report`, every table is an HTML page rendered from its CSV (`lmdlt report-html
+# table`: the viewer shows HTML in place, other files only as downloads), with its Markdown,
+# LaTeX and CSV beside it as downloads (labels table + format); figures and tables carry the
+# captions of workflow/report/; the run's config and provenance are a page of their own. (A second
+# label with exactly two values, each on half of a category's entries, becomes a toggle in the
+# viewer, which then finds no entry for one value: the provenance entries have one label.)
 
 
 def results_table_params():
@@ -7,8 +14,21 @@ def results_table_params():
             "groups": as_json(config["groups"]), "title": config["report"]["title"]}
 
 
+def provenance_params():
+    # the page shows the whole config: it is this job's content, not a setting of one stage
+    return {"config": as_json(config), "rows": as_json(report_rows())}
+
+
+REPORT_TABLE_HTML = f"{ROOT}/tables/results.html"
+REPORT_PROVENANCE = f"{ROOT}/report/provenance.html"
+REPORT_CONFIG = f"{ROOT}/report/config.yaml"
+REPORT_FILES = REPORT_FILES + [REPORT_TABLE_HTML, REPORT_PROVENANCE, REPORT_CONFIG]
+
+
 def figure_params():
-    return {"rows": as_json(report_rows()), "title": config["report"]["title"]}
+    # per-class recall does not depend on the head/medium/tail rule: a change of it keeps this
+    rows = [{k: v for k, v in r.items() if k != "group_rule"} for r in report_rows()]
+    return {"rows": as_json(rows), "title": config["report"]["title"]}
 
 
 rule results_table:
@@ -17,8 +37,9 @@ rule results_table:
         params=lambda w: params_stamp([REPORT_TABLE_MD, REPORT_TABLE_CSV], results_table_params()),
     output:
         md=report(REPORT_TABLE_MD, caption="../report/results_table.rst", category="Tables",
-                  labels={"table": "all runs"}),
-        csv=REPORT_TABLE_CSV,
+                  labels={"table": "all runs", "format": "Markdown"}),
+        csv=report(REPORT_TABLE_CSV, caption="../report/results_table.rst", category="Tables",
+                   labels={"table": "all runs", "format": "CSV"}),
     params:
         **results_table_params(),
     log:
@@ -49,6 +70,40 @@ rule per_class_recall_figure:
     shell:
         "lmdlt report-figure --rows {params.rows:q} --title {params.title:q} --out {output.png:q}"
         " --out-pdf {output.pdf:q} > {log:q} 2>&1"
+
+
+rule results_table_html:
+    input:
+        csv=REPORT_TABLE_CSV,
+    output:
+        html=report(REPORT_TABLE_HTML, caption="../report/results_table.rst", category="Tables",
+                    labels={"table": "all runs", "format": "HTML"}),
+    params:
+        title=config["report"]["title"],
+    log:
+        f"{LOGS}/results_table_html.log",
+    localrule: True
+    shell:
+        "lmdlt report-html table --csv {input.csv:q} --title {params.title:q} --out {output.html:q} > {log:q} 2>&1"
+
+
+rule report_provenance:
+    input:
+        [f for row in report_rows() for f in row["files"].values()],
+        params=lambda w: params_stamp([REPORT_PROVENANCE, REPORT_CONFIG], provenance_params()),
+    output:
+        html=report(REPORT_PROVENANCE, caption="../report/provenance.rst", category="Config and provenance",
+                    labels={"page": "config and provenance"}),
+        yaml=report(REPORT_CONFIG, caption="../report/provenance.rst", category="Config and provenance",
+                    labels={"page": "config (YAML)"}),
+    params:
+        **provenance_params(),
+    log:
+        f"{LOGS}/report_provenance.log",
+    localrule: True
+    shell:
+        "lmdlt report-html provenance --config {params.config:q} --rows {params.rows:q}"
+        " --out {output.html:q} --out-yaml {output.yaml:q} > {log:q} 2>&1"
 
 
 report: "../report/workflow.rst"
@@ -109,13 +164,13 @@ def combined_tables():
 
 
 COMBINED = combined_tables()
-REPORT_FILES = REPORT_FILES + [f"{TABLES}/{t}.{ext}" for t in TABLE_SPECS for ext in ("md", "csv", "tex")]
+REPORT_FILES += [f"{TABLES}/{t}.{ext}" for t in TABLE_SPECS for ext in ("md", "csv", "tex", "html")]
 REPORT_FILES += [f"{FIGURES}/{f}.{ext}" for f in SWEEP_FIGURES for ext in ("png", "pdf")]
 if "tsne" in FIGURE_SPECS:
     REPORT_FILES += [f"{FIGURES}/{f}.{ext}" for f in ("fig4", "fig5") for ext in ("png", "pdf")]
 if "class_distribution" in FIGURE_SPECS:
     REPORT_FILES += [f"{FIGURES}/class_distribution.{ext}" for ext in ("png", "pdf")]
-REPORT_FILES += [f"{config['results_dir']}/combined/{t}.{ext}" for t in COMBINED for ext in ("md", "tex")]
+REPORT_FILES += [f"{config['results_dir']}/combined/{t}.{ext}" for t in COMBINED for ext in ("md", "tex", "html")]
 
 
 rule paper_table:
@@ -124,10 +179,12 @@ rule paper_table:
         params=lambda w: params_stamp([f"{TABLES}/{w.table}.{e}" for e in ("csv", "md", "tex")],
                                       {"spec": as_json(TABLE_SPECS[w.table])}),
     output:
-        csv=f"{TABLES}/{{table}}.csv",
+        csv=report(f"{TABLES}/{{table}}.csv", caption="../report/table.rst", category="Tables",
+                   labels={"table": "{table}", "format": "CSV"}),
         md=report(f"{TABLES}/{{table}}.md", caption="../report/table.rst", category="Tables",
-                  labels={"table": "{table}"}),
-        tex=f"{TABLES}/{{table}}.tex",
+                  labels={"table": "{table}", "format": "Markdown"}),
+        tex=report(f"{TABLES}/{{table}}.tex", caption="../report/table.rst", category="Tables",
+                   labels={"table": "{table}", "format": "LaTeX"}),
     wildcard_constraints:
         table=names_regex(list(TABLE_SPECS)),
     params:
@@ -149,8 +206,9 @@ rule combined_table:
                                       {"absent": COMBINED[w.table]["absent"]}),
     output:
         md=report(f"{config['results_dir']}/combined/{{table}}.md", caption="../report/combined.rst",
-                  category="Tables", labels={"table": "{table} (combined)"}),
-        tex=f"{config['results_dir']}/combined/{{table}}.tex",
+                  category="Tables", labels={"table": "{table} (combined)", "format": "Markdown"}),
+        tex=report(f"{config['results_dir']}/combined/{{table}}.tex", caption="../report/combined.rst",
+                   category="Tables", labels={"table": "{table} (combined)", "format": "LaTeX"}),
     wildcard_constraints:
         table=names_regex(list(COMBINED)),
     params:
@@ -163,6 +221,42 @@ rule combined_table:
     shell:
         "lmdlt report-combine {input.csv:q} --label {wildcards.table} --absent {params.absent:q}"
         " --out-md {output.md:q} --out-tex {output.tex:q} > {log:q} 2>&1"
+
+
+rule paper_table_html:
+    input:
+        csv=f"{TABLES}/{{table}}.csv",
+    output:
+        html=report(f"{TABLES}/{{table}}.html", caption="../report/table.rst", category="Tables",
+                    labels={"table": "{table}", "format": "HTML"}),
+    wildcard_constraints:
+        table=names_regex(list(TABLE_SPECS)),
+    params:
+        title=lambda w: f"{TABLE_SPECS[w.table]['title']} — {TABLE_SPECS[w.table]['experiment']}",
+    log:
+        f"{LOGS}/paper_table_html_{{table}}.log",
+    localrule: True
+    shell:
+        "lmdlt report-html table --csv {input.csv:q} --title {params.title:q} --out {output.html:q} > {log:q} 2>&1"
+
+
+rule combined_table_html:
+    input:
+        csv=lambda w: COMBINED[w.table]["csv"],
+    output:
+        html=report(f"{config['results_dir']}/combined/{{table}}.html", caption="../report/combined.rst",
+                    category="Tables", labels={"table": "{table} (combined)", "format": "HTML"}),
+    wildcard_constraints:
+        table=names_regex(list(COMBINED)),
+    params:
+        title=lambda w: TABLE_SPECS[w.table]["title"],
+        absent=lambda w: COMBINED[w.table]["absent"],
+    log:
+        f"{LOGS}/combined_table_html_{{table}}.log",
+    localrule: True
+    shell:
+        "lmdlt report-html table --csv {input.csv:q} --title {params.title:q} --absent {params.absent:q}"
+        " --out {output.html:q} > {log:q} 2>&1"
 
 
 rule sweep_figure:
