@@ -77,41 +77,56 @@ def cmd_train_stage1(a):
                  precision=a.precision, channels_last=a.channels_last)
 
 
+def _variant(stage: str, params):
+    from .config import validate_variant
+
+    return None if params is None else validate_variant(stage, params)
+
+
+def _score(a, produced, stage1, stage2=None) -> None:
+    """Evaluation where the predictions are made (issue 16): the producer writes its
+    metrics.json itself, with the same guards and record as ``lmdlt evaluate``."""
+    if a.metrics_out is not None:
+        from .metrics import evaluate_file
+
+        evaluate_file(produced, None, a.metrics_out, manifest_path=a.split,
+                      stage1_params=stage1, stage2_params=stage2)
+
+
 def cmd_extract(a):
     from .features import extract_features
 
-    stage1 = None
-    if a.stage1_params is not None:
-        from .config import validate_variant
-
-        stage1 = validate_variant("stage1", a.stage1_params)
+    stage1 = _variant("stage1", a.stage1_params)
     extract_features(a.checkpoint, a.split, a.images, a.out, threads=a.threads, device=a.device,
                      precision=a.precision, channels_last=a.channels_last, train_views=a.train_views,
                      stage1_params=stage1)
+    _score(a, a.out, stage1)
 
 
 def cmd_train_stage2(a):
-    from .config import validate_variant
     from .stage2.runner import run_stage2
 
-    cfg = validate_variant("stage2", a.params)
+    cfg, stage1 = _variant("stage2", a.params), _variant("stage1", a.stage1_params)
     run_stage2(a.features, cfg, a.seed, a.out, threads=a.threads, checkpoint_path=a.checkpoint,
-               manifest_path=a.split)
+               manifest_path=a.split, stage1_params=stage1)
+    _score(a, a.out, stage1, cfg)
 
 
 def cmd_train_stage2_encoder(a):
-    from .config import validate_variant
     from .stage2.runner import run_stage2_encoder
 
-    cfg = validate_variant("stage2", a.params)
+    cfg, stage1 = _variant("stage2", a.params), _variant("stage1", a.stage1_params)
     run_stage2_encoder(a.checkpoint, a.split, a.images, cfg, a.seed, a.out, threads=a.threads,
-                       device=a.device)
+                       device=a.device, stage1_params=stage1)
+    _score(a, a.out, stage1, cfg)
 
 
 def cmd_evaluate(a):
     from .metrics import evaluate_file
 
-    evaluate_file(a.predictions, a.groups, a.out, split=a.split_name, manifest_path=a.manifest)
+    evaluate_file(a.predictions, a.groups, a.out, split=a.split_name, manifest_path=a.manifest,
+                  stage1_params=_variant("stage1", a.stage1_params),
+                  stage2_params=_variant("stage2", a.stage2_params))
 
 
 def cmd_report_table(a):
@@ -157,6 +172,29 @@ def cmd_report_class_distribution(a):
     class_distribution_figure(a.spec, a.out_png, a.out_pdf)
 
 
+def cmd_report_html(a):
+    from .report.html import table_html, write_page, write_provenance
+
+    if a.what == "table":
+        if not a.csv:
+            raise SystemExit("report-html table: give the table's CSV(s) with --csv")
+        write_page(table_html(a.csv, a.title, a.absent), a.out)
+    else:
+        if a.config is None or a.rows is None:
+            raise SystemExit("report-html provenance: give --config and --rows")
+        write_provenance(a.config, a.rows, a.out, a.out_yaml)
+
+
+def cmd_report_results_page(a):
+    import glob
+
+    from .report.results_page import write_results_page
+
+    bench = sorted(glob.glob(f"{a.benchmarks}/**/*.tsv", recursive=True)) if a.benchmarks else None
+    write_results_page(a.table, a.out, a.meta, naive_csv=a.naive, curve_checkpoints=a.curve,
+                       benchmark_files=bench)
+
+
 def cmd_validate_config(a):
     import yaml
 
@@ -178,6 +216,12 @@ def cmd_status(a):
     from .status import status_text
 
     print(status_text(a.path, include_all=a.all))
+
+
+STAGE1_PARAMS_HELP = ("the encoder's stage-1 variant config (JSON, as train-stage1 --params got "
+                      "it): the input must record its config hash, else an error naming both")
+METRICS_OUT_HELP = ("also score the output on the test split into this metrics.json (what "
+                    "`lmdlt evaluate` writes; the pipeline always passes it)")
 
 
 # Help for the options many subcommands share (an option's own help= wins).
@@ -280,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the stage-1 variant's config (JSON, as train-stage1 --params got it): the "
                         "checkpoint must record its config hash, else an error (the pipeline always "
                         "passes it); without it the checkpoint's config is not checked")
+    s.add_argument("--metrics-out", default=None, help=METRICS_OUT_HELP)
     torch_opts(s)
 
     s = add("train-stage2", cmd_train_stage2, "stage 2: calibrate the classifier on cached features")
@@ -290,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--params", type=_json, required=True, help="the stage-2 variant's config (JSON)")
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--out", required=True, help="predictions (HDF5)")
+    s.add_argument("--stage1-params", type=_json, default=None, help=STAGE1_PARAMS_HELP)
+    s.add_argument("--metrics-out", default=None, help=METRICS_OUT_HELP)
     s.add_argument("--threads", type=int, default=None)
 
     s = add("train-stage2-encoder", cmd_train_stage2_encoder,
@@ -300,11 +347,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--params", type=_json, required=True, help="the stage-2 variant's config (JSON)")
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--out", required=True, help="predictions (HDF5), same layout as train-stage2")
+    s.add_argument("--stage1-params", type=_json, default=None, help=STAGE1_PARAMS_HELP)
+    s.add_argument("--metrics-out", default=None, help=METRICS_OUT_HELP)
     torch_opts(s)
 
-    s = add("evaluate", cmd_evaluate, "metrics of a features/predictions file on the test split")
+    s = add("evaluate", cmd_evaluate, "metrics of a features/predictions file on the test split "
+            "(re-scoring without re-training; the pipeline's producers score their own output)")
     s.add_argument("--predictions", required=True)
-    s.add_argument("--groups", type=_json, required=True, help="head/medium/tail rule (JSON)")
+    s.add_argument("--groups", type=_json, default=None,
+                   help="head/medium/tail rule (JSON, the config's groups section): adds the group "
+                        "BACCs to the record; without it the report derives them")
+    s.add_argument("--stage1-params", type=_json, default=None, help=STAGE1_PARAMS_HELP)
+    s.add_argument("--stage2-params", type=_json, default=None,
+                   help="the stage-2 variant's config (JSON): the predictions must record its config "
+                        "hash, else an error")
     s.add_argument("--split-name", default="test")
     s.add_argument("--manifest", default=None,
                    help="split manifest: check provenance and that no evaluated image leaks into another split")
@@ -317,6 +373,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--title", default="Results")
     s.add_argument("--out-md", required=True)
     s.add_argument("--out-csv", required=True)
+
+    s = add("report-results-page", cmd_report_results_page,
+            "the results page (docs/results.md) from a comparison table's CSV, with its reading")
+    s.add_argument("--table", required=True, help="the comparison table's CSV (a paper-style table "
+                   "with the paired bootstrap against its reference row)")
+    s.add_argument("--naive", default=None, help="the same table of the naive-split experiment (CSV)")
+    s.add_argument("--curve", nargs="*", default=None,
+                   help="stage-1 checkpoints whose per-epoch validation BACC is the learning curve")
+    s.add_argument("--benchmarks", default=None, help="the experiment's Snakemake benchmark folder")
+    s.add_argument("--meta", type=_json, required=True,
+                   help="title, command, machine, budget, table_title, curve_note (JSON: the "
+                        "config's report.results_page)")
+    s.add_argument("--out", required=True, help="the page (Markdown); its CSVs go to <dir>/results/")
 
     s = add("report-figure", cmd_report_figure, "per-class recall figure")
     s.add_argument("--rows", type=_json, required=True)
@@ -359,6 +428,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", type=_json, required=True)
     s.add_argument("--out-png", required=True)
     s.add_argument("--out-pdf", default=None)
+
+    s = add("report-html", cmd_report_html,
+            "HTML pages for the Snakemake report: a table from its CSV(s), or the run's config and provenance")
+    s.add_argument("what", choices=["table", "provenance"],
+                   help="table: one table page from its CSV(s); provenance: the run's config and provenance page")
+    s.add_argument("--csv", nargs="+", default=[], help="table: the table's CSV (several: one paper table across experiments)")
+    s.add_argument("--title", default="", help="table: the page's title")
+    s.add_argument("--absent", nargs="*", default=[], help="table: experiments asked for but not run yet (noted)")
+    s.add_argument("--config", type=_json, default=None, help="provenance: the run's config (JSON)")
+    s.add_argument("--rows", type=_json, default=None, help="provenance: the report rows (JSON, as report-table)")
+    s.add_argument("--out-yaml", default=None, help="provenance: the config as YAML, too")
+    s.add_argument("--out", required=True, help="the HTML page")
 
     s = add("init", cmd_init,
             "write a ready experiment config for your own images (an ImageFolder tree or a CSV "

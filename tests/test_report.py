@@ -67,6 +67,8 @@ def config(**report):
 
 
 def write_runs(spec_rows, rng, drop=None):
+    from lmdlt.metrics import group_metrics
+
     """Synthetic metric files (random metric values) and prediction files for the rows."""
     labels = np.repeat(np.arange(K), N_TEST // K)
     ids = np.array([f"img{i:03d}" for i in range(N_TEST)], dtype=object)
@@ -77,8 +79,16 @@ def write_runs(spec_rows, rng, drop=None):
                         "medium_bacc", "tail_bacc", "ece")}
             if drop and (r["run"], seed) == drop:
                 metrics.pop("ece")
-            write_json(path, {"metrics": metrics, "group_rule": {"rule": "rank", "sizes": [1, 1, 1]},
-                              "train_counts": [50, 10, 2], "class_names": ["a", "b", "c"]})
+            # head / medium / tail as the report derives them: from the per-class recall
+            record = {"metrics": metrics, "train_counts": [50, 10, 2], "class_names": ["a", "b", "c"]}
+            metrics["per_class_recall"] = [float(x) for x in rng.uniform(0.3, 0.95, K)]
+            metrics.update(group_metrics(record, r["group_rule"]))
+            # what the producers record: the configs of the output they scored
+            record["provenance"] = {"parents": {
+                "stage1_config": r["config_hashes"]["stage1"],
+                "scored_stage": "stage2" if r["stage2"] else "features",
+                "scored_config": r["config_hashes"].get("stage2")}}
+            write_json(path, record)
             pred = r["predictions"][seed]
             from pathlib import Path
             Path(pred).parent.mkdir(parents=True, exist_ok=True)
