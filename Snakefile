@@ -19,6 +19,6 @@ include: "workflow/rules/results_page.smk"
 
 
 rule all:
+    default_target: True
     input:
         REPORT_FILES,
-    default_target: True

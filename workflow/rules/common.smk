@@ -48,8 +48,12 @@ def _stage2_variants(needs_encoder):
     from lmdlt.catalog import current
 
     catalog = current()
-    return [name for name, v in config["stage2"].items()
-            if bool(catalog.get_method("stage2", v["method"]).needs_encoder) == needs_encoder]
+    return [
+        name
+        for name, v in config["stage2"].items()
+        if bool(catalog.get_method("stage2", v["method"]).needs_encoder)
+        == needs_encoder
+    ]
 
 
 def names_regex(names):
@@ -94,8 +98,11 @@ def source_params():
 # keyed by the images (source, root, options), shared by experiments: lmdlt.data.image_cache
 from lmdlt.data.image_cache import cache_dir_name
 
-IMAGE_CACHE_DIR = f"{config['results_dir']}/image_cache/{cache_dir_name(config['dataset'])}"
+IMAGE_CACHE_DIR = (
+    f"{config['results_dir']}/image_cache/{cache_dir_name(config['dataset'])}"
+)
 IMAGES = f"{IMAGE_CACHE_DIR}/images_{config['dataset']['image_size']}px.h5"
+
 
 # Data checks before expensive work: when jobs are about to run (onstart: not in a dry-run,
 # which must work on a stub data root, tests/test_experiments.py) and the image cache or a
@@ -104,15 +111,19 @@ IMAGES = f"{IMAGE_CACHE_DIR}/images_{config['dataset']['image_size']}px.h5"
 # ratio the data cannot give stops the run before any job starts, the image cache's included.
 # `lmdlt split-summary --config <file> --seed N` runs the split checks for one seed by hand.
 def check_data_before_jobs():
-    if os.path.exists(IMAGES) and all(os.path.exists(SPLIT.format(seed=s)) for s in SEEDS):
+    if os.path.exists(IMAGES) and all(
+        os.path.exists(SPLIT.format(seed=s)) for s in SEEDS
+    ):
         return
     from lmdlt.data.splits import check_data
 
     try:
         check_data(config["dataset"], config["split"], SEEDS)
     except (ValueError, FileNotFoundError) as e:
-        raise WorkflowError(f"data check (from the index, before any image is decoded) failed "
-                            f"for dataset {config['dataset']['name']!r}: {e}")
+        raise WorkflowError(
+            f"data check (from the index, before any image is decoded) failed "
+            f"for dataset {config['dataset']['name']!r}: {e}"
+        )
 
 
 onstart:
@@ -127,8 +138,12 @@ def metrics_file(s1, s2, seed):
 
 def report_rows():
     return [
-        {"row": row_label(config, s1, s2), "stage1": s1, "stage2": s2,
-         "files": {str(seed): metrics_file(s1, s2, seed) for seed in SEEDS},
-         **row_checks(config, s1, s2)}
+        {
+            "row": row_label(config, s1, s2),
+            "stage1": s1,
+            "stage2": s2,
+            "files": {str(seed): metrics_file(s1, s2, seed) for seed in SEEDS},
+            **row_checks(config, s1, s2),
+        }
         for s1, s2 in pairs(config)
     ]

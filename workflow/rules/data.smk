@@ -4,12 +4,12 @@
 rule image_cache:
     output:
         IMAGE_CACHE_DIR + "/images_{size}px.h5",
-    params:
-        dataset=as_json(source_params()),
     log:
         IMAGE_CACHE_DIR + "/logs/images_{size}px.log",
     benchmark:
         IMAGE_CACHE_DIR + "/benchmarks/images_{size}px.tsv"
+    params:
+        dataset=as_json(source_params()),
     shell:
         "lmdlt cache --dataset {params.dataset:q} --size {wildcards.size} --out {output:q} > {log:q} 2>&1"
 
@@ -23,12 +23,12 @@ rule split:
         params=lambda w: params_stamp(SPLIT.format(**w), split_params()),
     output:
         SPLIT,
-    params:
-        **split_params(),
     log:
         LOGS + "/seed{seed}/split.log",
     benchmark:
         BENCHMARKS + "/seed{seed}/split.tsv"
+    params:
+        **split_params(),
     shell:
         "lmdlt split --dataset {params.dataset:q} --split {params.split:q} --seed {wildcards.seed}"
         " --out {output:q} > {log:q} 2>&1"

@@ -9,24 +9,29 @@ rule extract_features:
         checkpoint=CHECKPOINT,
         split=SPLIT,
         images=IMAGES,
-        params=lambda w: params_stamp([FEATURES.format(**w), STAGE1_METRICS.format(**w)], {
-            "device": DEVICE, "precision": config["compute"]["precision"],
-            "channels_last": config["compute"]["channels_last"],
-            "train_views": config["features"]["train_views"]}),
+        params=lambda w: params_stamp(
+            [FEATURES.format(**w), STAGE1_METRICS.format(**w)],
+            {
+                "device": DEVICE,
+                "precision": config["compute"]["precision"],
+                "channels_last": config["compute"]["channels_last"],
+                "train_views": config["features"]["train_views"],
+            },
+        ),
     output:
         features=FEATURES,
         metrics=STAGE1_METRICS,
+    log:
+        LOGS + "/seed{seed}/features_{s1}.log",
+    benchmark:
+        BENCHMARKS + "/seed{seed}/features_{s1}.tsv"
+    threads: THREADS
     params:
         device=DEVICE,
         precision=config["compute"]["precision"],
         channels_last=config["compute"]["channels_last"],
         train_views=config["features"]["train_views"],
         stage1=lambda w: stage1_params(w.s1)["variant"],  # the checkpoint's recorded config
-    threads: THREADS
-    log:
-        LOGS + "/seed{seed}/features_{s1}.log",
-    benchmark:
-        BENCHMARKS + "/seed{seed}/features_{s1}.tsv"
     shell:
         "lmdlt extract --checkpoint {input.checkpoint:q} --split {input.split:q} --images {input.images:q}"
         " --threads {threads} --device {params.device:q} --precision {params.precision:q}"

@@ -10,8 +10,12 @@
 
 
 def results_table_params():
-    return {"rows": as_json(report_rows()), "metrics": as_json(config["report"]["metrics"]),
-            "groups": as_json(config["groups"]), "title": config["report"]["title"]}
+    return {
+        "rows": as_json(report_rows()),
+        "metrics": as_json(config["report"]["metrics"]),
+        "groups": as_json(config["groups"]),
+        "title": config["report"]["title"],
+    }
 
 
 def provenance_params():
@@ -34,19 +38,29 @@ def figure_params():
 rule results_table:
     input:
         [f for row in report_rows() for f in row["files"].values()],
-        params=lambda w: params_stamp([REPORT_TABLE_MD, REPORT_TABLE_CSV], results_table_params()),
+        params=lambda w: params_stamp(
+            [REPORT_TABLE_MD, REPORT_TABLE_CSV], results_table_params()
+        ),
     output:
-        md=report(REPORT_TABLE_MD, caption="../report/results_table.rst", category="Tables",
-                  labels={"table": "all runs", "format": "Markdown"}),
-        csv=report(REPORT_TABLE_CSV, caption="../report/results_table.rst", category="Tables",
-                   labels={"table": "all runs", "format": "CSV"}),
-    params:
-        **results_table_params(),
+        md=report(
+            REPORT_TABLE_MD,
+            caption="../report/results_table.rst",
+            category="Tables",
+            labels={"table": "all runs", "format": "Markdown"},
+        ),
+        csv=report(
+            REPORT_TABLE_CSV,
+            caption="../report/results_table.rst",
+            category="Tables",
+            labels={"table": "all runs", "format": "CSV"},
+        ),
     log:
         f"{LOGS}/results_table.log",
     benchmark:
         f"{BENCHMARKS}/report/results_table.tsv"
     localrule: True
+    params:
+        **results_table_params(),
     shell:
         "lmdlt report-table --rows {params.rows:q} --metrics {params.metrics:q} --groups {params.groups:q}"
         " --title {params.title:q} --out-md {output.md:q} --out-csv {output.csv:q} > {log:q} 2>&1"
@@ -55,18 +69,24 @@ rule results_table:
 rule per_class_recall_figure:
     input:
         [f for row in report_rows() for f in row["files"].values()],
-        params=lambda w: params_stamp([REPORT_FIGURE, REPORT_FIGURE_PDF], figure_params()),
+        params=lambda w: params_stamp(
+            [REPORT_FIGURE, REPORT_FIGURE_PDF], figure_params()
+        ),
     output:
-        png=report(REPORT_FIGURE, caption="../report/per_class_recall.rst", category="Figures",
-                   labels={"figure": "per-class recall"}),
+        png=report(
+            REPORT_FIGURE,
+            caption="../report/per_class_recall.rst",
+            category="Figures",
+            labels={"figure": "per-class recall"},
+        ),
         pdf=REPORT_FIGURE_PDF,
-    params:
-        **figure_params(),
     log:
         f"{LOGS}/per_class_recall_figure.log",
     benchmark:
         f"{BENCHMARKS}/report/per_class_recall_figure.tsv"
     localrule: True
+    params:
+        **figure_params(),
     shell:
         "lmdlt report-figure --rows {params.rows:q} --title {params.title:q} --out {output.png:q}"
         " --out-pdf {output.pdf:q} > {log:q} 2>&1"
@@ -76,13 +96,17 @@ rule results_table_html:
     input:
         csv=REPORT_TABLE_CSV,
     output:
-        html=report(REPORT_TABLE_HTML, caption="../report/results_table.rst", category="Tables",
-                    labels={"table": "all runs", "format": "HTML"}),
-    params:
-        title=config["report"]["title"],
+        html=report(
+            REPORT_TABLE_HTML,
+            caption="../report/results_table.rst",
+            category="Tables",
+            labels={"table": "all runs", "format": "HTML"},
+        ),
     log:
         f"{LOGS}/results_table_html.log",
     localrule: True
+    params:
+        title=config["report"]["title"],
     shell:
         "lmdlt report-html table --csv {input.csv:q} --title {params.title:q} --out {output.html:q} > {log:q} 2>&1"
 
@@ -90,17 +114,27 @@ rule results_table_html:
 rule report_provenance:
     input:
         [f for row in report_rows() for f in row["files"].values()],
-        params=lambda w: params_stamp([REPORT_PROVENANCE, REPORT_CONFIG], provenance_params()),
+        params=lambda w: params_stamp(
+            [REPORT_PROVENANCE, REPORT_CONFIG], provenance_params()
+        ),
     output:
-        html=report(REPORT_PROVENANCE, caption="../report/provenance.rst", category="Config and provenance",
-                    labels={"page": "config and provenance"}),
-        yaml=report(REPORT_CONFIG, caption="../report/provenance.rst", category="Config and provenance",
-                    labels={"page": "config (YAML)"}),
-    params:
-        **provenance_params(),
+        html=report(
+            REPORT_PROVENANCE,
+            caption="../report/provenance.rst",
+            category="Config and provenance",
+            labels={"page": "config and provenance"},
+        ),
+        yaml=report(
+            REPORT_CONFIG,
+            caption="../report/provenance.rst",
+            category="Config and provenance",
+            labels={"page": "config (YAML)"},
+        ),
     log:
         f"{LOGS}/report_provenance.log",
     localrule: True
+    params:
+        **provenance_params(),
     shell:
         "lmdlt report-html provenance --config {params.config:q} --rows {params.rows:q}"
         " --out {output.html:q} --out-yaml {output.yaml:q} > {log:q} 2>&1"
@@ -117,8 +151,11 @@ import os
 from lmdlt.report.spec import figure_specs, table_specs
 
 PAPER_PATHS = {
-    "stage1_metrics": STAGE1_METRICS, "stage2_metrics": STAGE2_METRICS, "features": FEATURES,
-    "predictions": PREDICTIONS, "stage2_benchmark": BENCHMARKS + "/seed{seed}/stage2_{s1}_{s2}.tsv",
+    "stage1_metrics": STAGE1_METRICS,
+    "stage2_metrics": STAGE2_METRICS,
+    "features": FEATURES,
+    "predictions": PREDICTIONS,
+    "stage2_benchmark": BENCHMARKS + "/seed{seed}/stage2_{s1}_{s2}.tsv",
     "split": SPLIT,
 }
 try:
@@ -142,20 +179,28 @@ def table_inputs(w):
 
 def sweep_inputs(w):
     spec = FIGURE_SPECS[w.figure]
-    rows = [p for s in spec["series"] for p in s["points"]] + ([spec["baseline"]] if spec["baseline"] else [])
+    rows = [p for s in spec["series"] for p in s["points"]] + (
+        [spec["baseline"]] if spec["baseline"] else []
+    )
     files = [f for r in rows for f in r["files"].values()]
     if spec["time"]:
-        files += [f for r in rows if r.get("benchmarks") for f in r["benchmarks"].values()]
+        files += [
+            f for r in rows if r.get("benchmarks") for f in r["benchmarks"].values()
+        ]
     return files
 
 
 def combined_tables():
     """report.tables.<t>.combine: this experiment's table beside other experiments' (by dataset
-    name) whose CSVs already exist; {table: [csv, ...]} when at least one other exists."""
+    name) whose CSVs already exist; {table: [csv, ...]} when at least one other exists.
+    """
     out = {}
     for t, decl in (config["report"].get("tables") or {}).items():
-        others = [f"{config['results_dir']}/{n}/tables/{t}.csv" for n in decl.get("combine") or []
-                  if n != config["dataset"]["name"]]
+        others = [
+            f"{config['results_dir']}/{n}/tables/{t}.csv"
+            for n in decl.get("combine") or []
+            if n != config["dataset"]["name"]
+        ]
         present = [f for f in others if os.path.exists(f)]
         if present:
             absent = [n for n, f in zip(decl["combine"], others) if f not in present]
@@ -164,36 +209,60 @@ def combined_tables():
 
 
 COMBINED = combined_tables()
-REPORT_FILES += [f"{TABLES}/{t}.{ext}" for t in TABLE_SPECS for ext in ("md", "csv", "tex", "html")]
-REPORT_FILES += [f"{FIGURES}/{f}.{ext}" for f in SWEEP_FIGURES for ext in ("png", "pdf")]
+REPORT_FILES += [
+    f"{TABLES}/{t}.{ext}" for t in TABLE_SPECS for ext in ("md", "csv", "tex", "html")
+]
+REPORT_FILES += [
+    f"{FIGURES}/{f}.{ext}" for f in SWEEP_FIGURES for ext in ("png", "pdf")
+]
 if "tsne" in FIGURE_SPECS:
-    REPORT_FILES += [f"{FIGURES}/{f}.{ext}" for f in ("fig4", "fig5") for ext in ("png", "pdf")]
+    REPORT_FILES += [
+        f"{FIGURES}/{f}.{ext}" for f in ("fig4", "fig5") for ext in ("png", "pdf")
+    ]
 if "class_distribution" in FIGURE_SPECS:
     REPORT_FILES += [f"{FIGURES}/class_distribution.{ext}" for ext in ("png", "pdf")]
-REPORT_FILES += [f"{config['results_dir']}/combined/{t}.{ext}" for t in COMBINED for ext in ("md", "tex", "html")]
+REPORT_FILES += [
+    f"{config['results_dir']}/combined/{t}.{ext}"
+    for t in COMBINED
+    for ext in ("md", "tex", "html")
+]
 
 
 rule paper_table:
     input:
         table_inputs,
-        params=lambda w: params_stamp([f"{TABLES}/{w.table}.{e}" for e in ("csv", "md", "tex")],
-                                      {"spec": as_json(TABLE_SPECS[w.table])}),
+        params=lambda w: params_stamp(
+            [f"{TABLES}/{w.table}.{e}" for e in ("csv", "md", "tex")],
+            {"spec": as_json(TABLE_SPECS[w.table])},
+        ),
     output:
-        csv=report(f"{TABLES}/{{table}}.csv", caption="../report/table.rst", category="Tables",
-                   labels={"table": "{table}", "format": "CSV"}),
-        md=report(f"{TABLES}/{{table}}.md", caption="../report/table.rst", category="Tables",
-                  labels={"table": "{table}", "format": "Markdown"}),
-        tex=report(f"{TABLES}/{{table}}.tex", caption="../report/table.rst", category="Tables",
-                   labels={"table": "{table}", "format": "LaTeX"}),
-    wildcard_constraints:
-        table=names_regex(list(TABLE_SPECS)),
-    params:
-        spec=lambda w: as_json(TABLE_SPECS[w.table]),
+        csv=report(
+            f"{TABLES}/{{table}}.csv",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}", "format": "CSV"},
+        ),
+        md=report(
+            f"{TABLES}/{{table}}.md",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}", "format": "Markdown"},
+        ),
+        tex=report(
+            f"{TABLES}/{{table}}.tex",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}", "format": "LaTeX"},
+        ),
     log:
         f"{LOGS}/paper_table_{{table}}.log",
     benchmark:
         f"{BENCHMARKS}/report/paper_table_{{table}}.tsv"
+    wildcard_constraints:
+        table=names_regex(list(TABLE_SPECS)),
     localrule: True
+    params:
+        spec=lambda w: as_json(TABLE_SPECS[w.table]),
     shell:
         "lmdlt report-paper-table --spec {params.spec:q} --out-csv {output.csv:q} --out-md {output.md:q}"
         " --out-tex {output.tex:q} > {log:q} 2>&1"
@@ -202,22 +271,32 @@ rule paper_table:
 rule combined_table:
     input:
         csv=lambda w: COMBINED[w.table]["csv"],
-        params=lambda w: params_stamp([f"{config['results_dir']}/combined/{w.table}.{e}" for e in ("md", "tex")],
-                                      {"absent": COMBINED[w.table]["absent"]}),
+        params=lambda w: params_stamp(
+            [f"{config['results_dir']}/combined/{w.table}.{e}" for e in ("md", "tex")],
+            {"absent": COMBINED[w.table]["absent"]},
+        ),
     output:
-        md=report(f"{config['results_dir']}/combined/{{table}}.md", caption="../report/combined.rst",
-                  category="Tables", labels={"table": "{table} (combined)", "format": "Markdown"}),
-        tex=report(f"{config['results_dir']}/combined/{{table}}.tex", caption="../report/combined.rst",
-                   category="Tables", labels={"table": "{table} (combined)", "format": "LaTeX"}),
-    wildcard_constraints:
-        table=names_regex(list(COMBINED)),
-    params:
-        absent=lambda w: COMBINED[w.table]["absent"],
+        md=report(
+            f"{config['results_dir']}/combined/{{table}}.md",
+            caption="../report/combined.rst",
+            category="Tables",
+            labels={"table": "{table} (combined)", "format": "Markdown"},
+        ),
+        tex=report(
+            f"{config['results_dir']}/combined/{{table}}.tex",
+            caption="../report/combined.rst",
+            category="Tables",
+            labels={"table": "{table} (combined)", "format": "LaTeX"},
+        ),
     log:
         f"{LOGS}/combined_table_{{table}}.log",
     benchmark:
         f"{BENCHMARKS}/report/combined_table_{{table}}.tsv"
+    wildcard_constraints:
+        table=names_regex(list(COMBINED)),
     localrule: True
+    params:
+        absent=lambda w: COMBINED[w.table]["absent"],
     shell:
         "lmdlt report-combine {input.csv:q} --label {wildcards.table} --absent {params.absent:q}"
         " --out-md {output.md:q} --out-tex {output.tex:q} > {log:q} 2>&1"
@@ -227,15 +306,19 @@ rule paper_table_html:
     input:
         csv=f"{TABLES}/{{table}}.csv",
     output:
-        html=report(f"{TABLES}/{{table}}.html", caption="../report/table.rst", category="Tables",
-                    labels={"table": "{table}", "format": "HTML"}),
-    wildcard_constraints:
-        table=names_regex(list(TABLE_SPECS)),
-    params:
-        title=lambda w: f"{TABLE_SPECS[w.table]['title']} — {TABLE_SPECS[w.table]['experiment']}",
+        html=report(
+            f"{TABLES}/{{table}}.html",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}", "format": "HTML"},
+        ),
     log:
         f"{LOGS}/paper_table_html_{{table}}.log",
+    wildcard_constraints:
+        table=names_regex(list(TABLE_SPECS)),
     localrule: True
+    params:
+        title=lambda w: f"{TABLE_SPECS[w.table]['title']} — {TABLE_SPECS[w.table]['experiment']}",
     shell:
         "lmdlt report-html table --csv {input.csv:q} --title {params.title:q} --out {output.html:q} > {log:q} 2>&1"
 
@@ -244,16 +327,20 @@ rule combined_table_html:
     input:
         csv=lambda w: COMBINED[w.table]["csv"],
     output:
-        html=report(f"{config['results_dir']}/combined/{{table}}.html", caption="../report/combined.rst",
-                    category="Tables", labels={"table": "{table} (combined)", "format": "HTML"}),
+        html=report(
+            f"{config['results_dir']}/combined/{{table}}.html",
+            caption="../report/combined.rst",
+            category="Tables",
+            labels={"table": "{table} (combined)", "format": "HTML"},
+        ),
+    log:
+        f"{LOGS}/combined_table_html_{{table}}.log",
     wildcard_constraints:
         table=names_regex(list(COMBINED)),
+    localrule: True
     params:
         title=lambda w: TABLE_SPECS[w.table]["title"],
         absent=lambda w: COMBINED[w.table]["absent"],
-    log:
-        f"{LOGS}/combined_table_html_{{table}}.log",
-    localrule: True
     shell:
         "lmdlt report-html table --csv {input.csv:q} --title {params.title:q} --absent {params.absent:q}"
         " --out {output.html:q} > {log:q} 2>&1"
@@ -262,21 +349,27 @@ rule combined_table_html:
 rule sweep_figure:
     input:
         sweep_inputs,
-        params=lambda w: params_stamp([f"{FIGURES}/{w.figure}.{e}" for e in ("png", "pdf")],
-                                      {"spec": as_json(FIGURE_SPECS[w.figure])}),
+        params=lambda w: params_stamp(
+            [f"{FIGURES}/{w.figure}.{e}" for e in ("png", "pdf")],
+            {"spec": as_json(FIGURE_SPECS[w.figure])},
+        ),
     output:
-        png=report(f"{FIGURES}/{{figure}}.png", caption="../report/sweep_figure.rst", category="Figures",
-                   labels={"figure": "{figure}"}),
+        png=report(
+            f"{FIGURES}/{{figure}}.png",
+            caption="../report/sweep_figure.rst",
+            category="Figures",
+            labels={"figure": "{figure}"},
+        ),
         pdf=f"{FIGURES}/{{figure}}.pdf",
-    wildcard_constraints:
-        figure=names_regex(SWEEP_FIGURES),
-    params:
-        spec=lambda w: as_json(FIGURE_SPECS[w.figure]),
     log:
         f"{LOGS}/figure_{{figure}}.log",
     benchmark:
         f"{BENCHMARKS}/report/figure_{{figure}}.tsv"
+    wildcard_constraints:
+        figure=names_regex(SWEEP_FIGURES),
     localrule: True
+    params:
+        spec=lambda w: as_json(FIGURE_SPECS[w.figure]),
     shell:
         "lmdlt report-sweep-figure --spec {params.spec:q} --out-png {output.png:q} --out-pdf {output.pdf:q}"
         " > {log:q} 2>&1"
@@ -285,24 +378,36 @@ rule sweep_figure:
 rule tsne_figures:
     input:
         [r["features"] for r in FIGURE_SPECS.get("tsne", {}).get("runs", [])],
-        params=lambda w: params_stamp([f"{FIGURES}/fig{n}.{e}" for n in (4, 5) for e in ("png", "pdf")],
-                                      {"spec": as_json(FIGURE_SPECS.get("tsne")),
-                                       "groups": as_json(config["groups"])}),
+        params=lambda w: params_stamp(
+            [f"{FIGURES}/fig{n}.{e}" for n in (4, 5) for e in ("png", "pdf")],
+            {
+                "spec": as_json(FIGURE_SPECS.get("tsne")),
+                "groups": as_json(config["groups"]),
+            },
+        ),
     output:
-        fig4_png=report(f"{FIGURES}/fig4.png", caption="../report/tsne.rst", category="Figures",
-                        labels={"figure": "fig4"}),
+        fig4_png=report(
+            f"{FIGURES}/fig4.png",
+            caption="../report/tsne.rst",
+            category="Figures",
+            labels={"figure": "fig4"},
+        ),
         fig4_pdf=f"{FIGURES}/fig4.pdf",
-        fig5_png=report(f"{FIGURES}/fig5.png", caption="../report/tsne.rst", category="Figures",
-                        labels={"figure": "fig5"}),
+        fig5_png=report(
+            f"{FIGURES}/fig5.png",
+            caption="../report/tsne.rst",
+            category="Figures",
+            labels={"figure": "fig5"},
+        ),
         fig5_pdf=f"{FIGURES}/fig5.pdf",
-    params:
-        spec=as_json(FIGURE_SPECS.get("tsne")),
-        groups=as_json(config["groups"]),
     log:
         f"{LOGS}/figure_tsne.log",
     benchmark:
         f"{BENCHMARKS}/report/figure_tsne.tsv"
     localrule: True
+    params:
+        spec=as_json(FIGURE_SPECS.get("tsne")),
+        groups=as_json(config["groups"]),
     shell:
         "lmdlt report-tsne --spec {params.spec:q} --groups {params.groups:q} --fig4-png {output.fig4_png:q}"
         " --fig4-pdf {output.fig4_pdf:q} --fig5-png {output.fig5_png:q} --fig5-pdf {output.fig5_pdf:q} > {log:q} 2>&1"
@@ -311,19 +416,25 @@ rule tsne_figures:
 rule class_distribution_figure:
     input:
         list(FIGURE_SPECS.get("class_distribution", {}).get("splits", {}).values()),
-        params=lambda w: params_stamp([f"{FIGURES}/class_distribution.{e}" for e in ("png", "pdf")],
-                                      {"spec": as_json(FIGURE_SPECS.get("class_distribution"))}),
+        params=lambda w: params_stamp(
+            [f"{FIGURES}/class_distribution.{e}" for e in ("png", "pdf")],
+            {"spec": as_json(FIGURE_SPECS.get("class_distribution"))},
+        ),
     output:
-        png=report(f"{FIGURES}/class_distribution.png", caption="../report/class_distribution.rst",
-                   category="Figures", labels={"figure": "class distribution"}),
+        png=report(
+            f"{FIGURES}/class_distribution.png",
+            caption="../report/class_distribution.rst",
+            category="Figures",
+            labels={"figure": "class distribution"},
+        ),
         pdf=f"{FIGURES}/class_distribution.pdf",
-    params:
-        spec=as_json(FIGURE_SPECS.get("class_distribution")),
     log:
         f"{LOGS}/figure_class_distribution.log",
     benchmark:
         f"{BENCHMARKS}/report/figure_class_distribution.tsv"
     localrule: True
+    params:
+        spec=as_json(FIGURE_SPECS.get("class_distribution")),
     shell:
         "lmdlt report-class-distribution --spec {params.spec:q} --out-png {output.png:q} --out-pdf {output.pdf:q}"
         " > {log:q} 2>&1"

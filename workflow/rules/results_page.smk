@@ -13,34 +13,54 @@ def results_page_inputs():
         if os.path.exists(naive):
             out["naive"] = naive
     if page.get("curve"):
-        curve = [f"{config['results_dir']}/{page['curve']}/seed{s}/stage1/{page['curve_variant']}/model.pt"
-                 for s in SEEDS]
+        curve = [
+            f"{config['results_dir']}/{page['curve']}/seed{s}/stage1/{page['curve_variant']}/model.pt"
+            for s in SEEDS
+        ]
         out["curve"] = [c for c in curve if os.path.exists(c)]
     return out
 
 
 if RESULTS_PAGE:
     if RESULTS_PAGE["table"] not in TABLE_SPECS:
-        raise WorkflowError(f"invalid config: report.results_page.table: {RESULTS_PAGE['table']} "
-                            "is not declared in report.tables")
+        raise WorkflowError(
+            f"invalid config: report.results_page.table: {RESULTS_PAGE['table']} "
+            "is not declared in report.tables"
+        )
     REPORT_FILES.append(RESULTS_PAGE["out"])
     RESULTS_PAGE_INPUTS = results_page_inputs()
     # the optional inputs, known at parse time: their options only when they exist
-    RESULTS_PAGE_OPTIONAL = ("".join([" --naive {input.naive:q}" if "naive" in RESULTS_PAGE_INPUTS else "",
-                                      " --curve {input.curve:q}" if RESULTS_PAGE_INPUTS.get("curve") else ""]))
+    RESULTS_PAGE_OPTIONAL = "".join(
+        [
+            " --naive {input.naive:q}" if "naive" in RESULTS_PAGE_INPUTS else "",
+            " --curve {input.curve:q}" if RESULTS_PAGE_INPUTS.get("curve") else "",
+        ]
+    )
 
     rule results_page:
         input:
             **RESULTS_PAGE_INPUTS,
         output:
             RESULTS_PAGE["out"],
-        params:
-            meta=as_json({k: RESULTS_PAGE[k] for k in ("title", "table_title", "command", "machine",
-                                                       "budget", "curve_note")}),
-            benchmarks=BENCHMARKS,
         log:
             f"{LOGS}/results_page.log",
         localrule: True
+        params:
+            meta=as_json(
+                {
+                    k: RESULTS_PAGE[k]
+                    for k in (
+                        "title",
+                        "table_title",
+                        "command",
+                        "machine",
+                        "budget",
+                        "curve_note",
+                    )
+                }
+            ),
+            benchmarks=BENCHMARKS,
         shell:
-            "lmdlt report-results-page --table {input.table:q}" + RESULTS_PAGE_OPTIONAL +
-            " --benchmarks {params.benchmarks:q} --meta {params.meta:q} --out {output:q} > {log:q} 2>&1"
+            "lmdlt report-results-page --table {input.table:q}"
+            + RESULTS_PAGE_OPTIONAL
+            + " --benchmarks {params.benchmarks:q} --meta {params.meta:q} --out {output:q} > {log:q} 2>&1"

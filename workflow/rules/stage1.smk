@@ -3,13 +3,21 @@
 # compute.stage1_processes = N > 1: torchrun starts N copies of the command, one GPU each (DDP +
 # SyncBatchNorm, lmdlt/stage1/distributed.py); --threads is per process, like cpus_per_gpu.
 STAGE1_PROCESSES = config["compute"]["stage1_processes"]
-STAGE1_LAUNCH = ("lmdlt" if STAGE1_PROCESSES == 1
-                 else f"torchrun --standalone --nproc_per_node {STAGE1_PROCESSES} -m lmdlt.cli")
+STAGE1_LAUNCH = (
+    "lmdlt"
+    if STAGE1_PROCESSES == 1
+    else f"torchrun --standalone --nproc_per_node {STAGE1_PROCESSES} -m lmdlt.cli"
+)
+
 
 def stage1_params(s1):
-    return {"variant": as_json(config["stage1"][s1]), "device": DEVICE,
-            "precision": config["compute"]["precision"],
-            "channels_last": config["compute"]["channels_last"], "launch": STAGE1_LAUNCH}
+    return {
+        "variant": as_json(config["stage1"][s1]),
+        "device": DEVICE,
+        "precision": config["compute"]["precision"],
+        "channels_last": config["compute"]["channels_last"],
+        "launch": STAGE1_LAUNCH,
+    }
 
 
 rule train_stage1:
@@ -19,17 +27,17 @@ rule train_stage1:
         params=lambda w: params_stamp(CHECKPOINT.format(**w), stage1_params(w.s1)),
     output:
         CHECKPOINT,
+    log:
+        LOGS + "/seed{seed}/stage1_{s1}.log",
+    benchmark:
+        BENCHMARKS + "/seed{seed}/stage1_{s1}.tsv"
+    threads: THREADS
     params:
         variant=lambda w: stage1_params(w.s1)["variant"],
         device=DEVICE,
         precision=config["compute"]["precision"],
         channels_last=config["compute"]["channels_last"],
         launch=STAGE1_LAUNCH,
-    threads: THREADS
-    log:
-        LOGS + "/seed{seed}/stage1_{s1}.log",
-    benchmark:
-        BENCHMARKS + "/seed{seed}/stage1_{s1}.tsv"
     shell:
         "{params.launch} train-stage1 --split {input.split:q} --images {input.images:q} --params {params.variant:q}"
         " --seed {wildcards.seed} --threads {threads} --device {params.device:q}"

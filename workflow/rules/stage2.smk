@@ -14,21 +14,23 @@ rule train_stage2:
         features=FEATURES,
         checkpoint=CHECKPOINT,  # read only to check the features' provenance
         split=SPLIT,
-        params=lambda w: params_stamp([PREDICTIONS.format(**w), STAGE2_METRICS.format(**w)],
-                                      {"variant": as_json(config["stage2"][w.s2])}),
+        params=lambda w: params_stamp(
+            [PREDICTIONS.format(**w), STAGE2_METRICS.format(**w)],
+            {"variant": as_json(config["stage2"][w.s2])},
+        ),
     output:
         predictions=PREDICTIONS,
         metrics=STAGE2_METRICS,
-    wildcard_constraints:
-        s2=names_regex(S2_FEATURE_VARIANTS),
-    params:
-        variant=lambda w: as_json(config["stage2"][w.s2]),
-        stage1=lambda w: stage1_params(w.s1)["variant"],  # the encoder's recorded config
-    threads: 1
     log:
         LOGS + "/seed{seed}/stage2_{s1}_{s2}.log",
     benchmark:
         BENCHMARKS + "/seed{seed}/stage2_{s1}_{s2}.tsv"
+    wildcard_constraints:
+        s2=names_regex(S2_FEATURE_VARIANTS),
+    threads: 1
+    params:
+        variant=lambda w: as_json(config["stage2"][w.s2]),
+        stage1=lambda w: stage1_params(w.s1)["variant"],  # the encoder's recorded config
     shell:
         "lmdlt train-stage2 --features {input.features:q} --checkpoint {input.checkpoint:q}"
         " --split {input.split:q} --params {params.variant:q} --stage1-params {params.stage1:q}"
@@ -41,22 +43,24 @@ rule train_stage2_encoder:
         checkpoint=CHECKPOINT,
         split=SPLIT,
         images=IMAGES,
-        params=lambda w: params_stamp([PREDICTIONS.format(**w), STAGE2_METRICS.format(**w)],
-                                      {"variant": as_json(config["stage2"][w.s2]), "device": DEVICE}),
+        params=lambda w: params_stamp(
+            [PREDICTIONS.format(**w), STAGE2_METRICS.format(**w)],
+            {"variant": as_json(config["stage2"][w.s2]), "device": DEVICE},
+        ),
     output:
         predictions=PREDICTIONS,
         metrics=STAGE2_METRICS,
-    wildcard_constraints:
-        s2=names_regex(S2_ENCODER_VARIANTS),
-    params:
-        variant=lambda w: as_json(config["stage2"][w.s2]),
-        stage1=lambda w: stage1_params(w.s1)["variant"],  # the checkpoint's recorded config
-        device=DEVICE,
-    threads: THREADS
     log:
         LOGS + "/seed{seed}/stage2_{s1}_{s2}.log",
     benchmark:
         BENCHMARKS + "/seed{seed}/stage2_{s1}_{s2}.tsv"
+    wildcard_constraints:
+        s2=names_regex(S2_ENCODER_VARIANTS),
+    threads: THREADS
+    params:
+        variant=lambda w: as_json(config["stage2"][w.s2]),
+        stage1=lambda w: stage1_params(w.s1)["variant"],  # the checkpoint's recorded config
+        device=DEVICE,
     shell:
         "lmdlt train-stage2-encoder --checkpoint {input.checkpoint:q} --split {input.split:q}"
         " --images {input.images:q} --params {params.variant:q} --stage1-params {params.stage1:q}"
