@@ -41,7 +41,8 @@ def install(src: Path) -> None:
 
 
 def snakemake(src: Path, work: Path, *args: str) -> tuple[float, str]:
-    env = dict(os.environ)
+    # the jobs call `lmdlt`: this interpreter's environment first on PATH
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     t0 = time.perf_counter()
     proc = subprocess.run([SNAKEMAKE, "-s", str(src / "Snakefile"), "--directory", str(work),
                            "--workflow-profile", "none", *args],

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sys
 
 import numpy as np
 import torch
@@ -18,6 +19,23 @@ def select_device(name: str = "auto") -> torch.device:
     return dev
 
 
+def deterministic_algorithms() -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` without the import of
+    ``torch._inductor.config`` it starts with, which pulls in ``torch._dynamo`` (about 2 s CPU per
+    job, docs/benchmarks.md section 7; torch 2.14 sets inductor's flag, then calls
+    ``torch._C._set_deterministic_algorithms``). lmdlt never compiles, so the eager switch is the
+    whole effect; an inductor already imported gets its flag too. A torch without the private
+    switch gets the public call."""
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        return
+    setter(True, warn_only=True)
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        inductor.deterministic = True
+
+
 def setup_torch(seed: int, threads: int | None = None) -> torch.Generator:
     """Seed every RNG, make CPU kernels deterministic; return a seeded generator for samplers."""
     if threads:
@@ -25,7 +43,7 @@ def setup_torch(seed: int, threads: int | None = None) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic_algorithms()
     # deterministic mode also NaN-fills every new uninitialised tensor: 5% of a stage-1 step
     # (docs/benchmarks.md, "loop overhead"); our kernels write what they allocate before reading
     torch.utils.deterministic.fill_uninitialized_memory = False

@@ -227,3 +227,20 @@ def test_an_edited_or_new_method_file_rebuilds_the_catalog(tmp_path):
     out = run_py(textwrap.dedent(probe) + REPORT, env, cwd=tmp_path, path=pkg)  # read back
     assert out["ce"] == 0.25 and out["new"] and out["heavy"] == []
     assert len(list((tmp_path / "cache").glob("catalog-*.json"))) == 2
+
+
+def test_setup_torch_is_deterministic_without_importing_dynamo():
+    """lmdlt.runtime.setup_torch: deterministic kernels (warn-only), as
+    torch.use_deterministic_algorithms gives, without its ~2 s import of torch._dynamo."""
+    code = ("import sys, torch\n"
+            "from lmdlt.runtime import setup_torch\n"
+            "setup_torch(0, 1)\n"
+            "assert torch.are_deterministic_algorithms_enabled()\n"
+            "assert torch.is_deterministic_algorithms_warn_only_enabled()\n"
+            "assert 'torch._dynamo' not in sys.modules, 'dynamo imported'\n"
+            "import torch._inductor.config as c\n"
+            "torch.use_deterministic_algorithms(False)\n"
+            "setup_torch(0, 1)\n"
+            "assert c.deterministic is True\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -3,6 +3,7 @@ paths, the default Snakemake profile, config-file syntax errors, and data checks
 the image cache is built. docs/reliability.md lists what each test pins."""
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 
@@ -336,6 +337,18 @@ def test_snakemake_configfile_syntax_error_names_file_line_and_column(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "bad.yaml" in out and "line 2" in out and "column 7" in out, out[-2000:]
+
+
+def test_snakemake_verbose_shows_the_configfile_syntax_errors_position(tmp_path):
+    """What docs/reliability.md tells a user whose --configfile does not parse: Snakemake's own
+    message drops the position (snakemake/common/configfile.py re-raises the YAMLError as a bare
+    WorkflowError), but `--verbose` prints the chained YAML error with file, line and column."""
+    (tmp_path / "bad.yaml").write_text(BAD_YAML)
+    proc = run_snakemake(tmp_path, "-n", "--verbose", "--configfile", str(tmp_path / "bad.yaml"),
+                         check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert re.search(r'in ".*bad\.yaml", line 2, column 7', out), out[-2000:]
 
 
 # ------------------------------------------------------------------ 5. data checks before the cache
