@@ -137,8 +137,16 @@ def classify(log: Path, root: Path) -> tuple[str, str, int | None, Path | None]:
     stem = log.stem
     if m is None:
         out = {"results_table": root / "tables" / "results.md",
+               "results_table_html": root / "tables" / "results.html",
+               "report_provenance": root / "report" / "provenance.html",
                "per_class_recall_figure": root / "figures" / "per_class_recall.png"}.get(stem)
-        if stem.startswith("paper_table_"):
+        if stem.startswith("paper_table_html_"):
+            out = root / "tables" / f"{stem[len('paper_table_html_'):]}.html"
+        elif stem.startswith("combined_table_html_"):  # results/combined/, beside the experiments
+            out = root.parent / "combined" / f"{stem[len('combined_table_html_'):]}.html"
+        elif stem.startswith("combined_table_"):
+            out = root.parent / "combined" / f"{stem[len('combined_table_'):]}.md"
+        elif stem.startswith("paper_table_"):
             out = root / "tables" / f"{stem[len('paper_table_'):]}.md"
         elif stem.startswith("figure_") and stem != "figure_tsne":
             out = root / "figures" / f"{stem[len('figure_'):]}.png"

@@ -143,3 +143,22 @@ def test_no_logs_yet_is_one_clear_error(tmp_path, capsys):
 
 def test_fmt_duration():
     assert [fmt_duration(s) for s in (None, 5, 65, 3725)] == ["-", "5s", "1m05s", "1h02m"]
+
+
+def test_every_report_job_is_done_once_its_output_exists(tmp_path):
+    """The report rules' logs map to their outputs (an HTML page or provenance page logs
+    nothing on success: done only because its output exists)."""
+    from lmdlt.status import classify
+
+    root = tmp_path / "results" / "exp"
+    cases = {"results_table_html": root / "tables" / "results.html",
+             "report_provenance": root / "report" / "provenance.html",
+             "paper_table_html_table2": root / "tables" / "table2.html",
+             "paper_table_table2": root / "tables" / "table2.md",
+             "combined_table_table3": tmp_path / "results" / "combined" / "table3.md",
+             "combined_table_html_table3": tmp_path / "results" / "combined" / "table3.html"}
+    for stem, out in cases.items():
+        log = root / "logs" / f"{stem}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("")
+        assert classify(log, root) == ("report", stem, None, out)
