@@ -107,3 +107,18 @@ def test_the_committed_page_is_what_its_committed_csvs_render_to():
     meta = {"title": "Results", "table_title": "Results", "curve_note": "CE's validation BACC per epoch.",
             **over["report"]["results_page"]}
     assert render_from_copies(page.parent, meta) == page.read_text()
+
+
+def test_the_cli_command_the_rule_calls_writes_the_page(tables):
+    import json
+
+    from lmdlt.cli import main
+
+    d, main_table, naive, bench = tables
+    out = d / "cli" / "results.md"
+    assert main(["report-results-page", "--table", str(d / "table2.csv"), "--naive", str(d / "naive.csv"),
+                 "--benchmarks", str(d / "bench"), "--meta", json.dumps(META), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert page == write_results_page(d / "table2.csv", d / "api" / "results.md", META,
+                                      naive_csv=d / "naive.csv", benchmark_files=bench)
+    assert (d / "cli" / "results" / "table.csv").is_file() and "3 jobs" in page
