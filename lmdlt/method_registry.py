@@ -1,0 +1,65 @@
+"""The stage-1 and stage-2 method registries: one mechanism for both (``lmdlt.stage1.base``,
+``lmdlt.stage2.base`` each hold one instance).
+
+A method is one module of its stage's package whose class is decorated ``@register("name")``.
+``get(name)`` imports only the module defining ``name``, so that a job pays for its own method's
+imports: the module named like the method (the convention, no look-up), else the one
+``lmdlt.catalog`` records, else every module. ``available()`` imports every module, so a new
+method file is found with no extra step. Torch-free: the workflow's parse reads names and
+schemas from ``lmdlt.catalog`` instead.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+
+
+class MethodRegistry:
+    def __init__(self, stage: str, package: str, directory: Path, not_methods: set[str]) -> None:
+        self.stage = stage                 # "stage1" / "stage2" (the catalog's key)
+        self.package = package             # e.g. "lmdlt.stage2"
+        self.directory = Path(directory)
+        self.not_methods = set(not_methods)  # modules of the package that define no method
+        self.classes: dict[str, type] = {}
+
+    @property
+    def label(self) -> str:
+        return f"stage-{self.stage[-1]}"
+
+    def register(self, name: str):
+        def deco(cls):
+            if name in self.classes:
+                raise ValueError(f"{self.label} method {name!r} registered twice")
+            cls.name = name
+            self.classes[name] = cls
+            return cls
+
+        return deco
+
+    def import_all(self) -> None:
+        """Import every method module of the package (each registers its method)."""
+        for mod in pkgutil.iter_modules([str(self.directory)]):
+            if mod.name not in self.not_methods:
+                importlib.import_module(f"{self.package}.{mod.name}")
+
+    def available(self) -> list[str]:
+        self.import_all()
+        return sorted(self.classes)
+
+    def get(self, name: str) -> type:
+        if name not in self.classes:
+            own = self.directory / f"{name}.py"
+            if name.isidentifier() and name not in self.not_methods and own.is_file():
+                importlib.import_module(f"{self.package}.{name}")
+        if name not in self.classes:
+            from .catalog import method_module
+
+            module = method_module(self.stage, name)
+            if module is not None:
+                importlib.import_module(module)
+            if name not in self.classes:  # not in the catalog: look in every module
+                self.import_all()
+        if name not in self.classes:
+            raise ValueError(f"unknown {self.label} method {name!r} (known: {', '.join(self.available())})")
+        return self.classes[name]
