@@ -212,6 +212,12 @@ def cmd_init(a):
     print(f"progress: lmdlt status {config['results_dir']}/{config['dataset']['name']}")
 
 
+def cmd_job_server(a):
+    from .job_server import serve
+
+    serve(a.socket, owner_pid=a.owner_pid, idle_timeout=a.idle_timeout, preload=not a.no_preload)
+
+
 def cmd_status(a):
     from .status import status_text
 
@@ -464,6 +470,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--all", action="store_true",
                    help="also list finished evaluation and report jobs")
 
+    s = add("job-server", cmd_job_server,
+            "serve lmdlt commands from one process that imports torch once (the workflow starts "
+            "one per local run: lmdlt/job_server.py)")
+    s.add_argument("--socket", required=True, help="the Unix socket to listen on")
+    s.add_argument("--owner-pid", type=int, default=None, help="exit when this process is gone")
+    s.add_argument("--idle-timeout", type=float, default=None,
+                   help="exit after this many seconds without a job")
+    s.add_argument("--no-preload", action="store_true", help="import nothing ahead (tests)")
+
     s = add("validate-config", cmd_validate_config, "validate a config file and print it with defaults filled")
     s.add_argument("config", type=Path)
     _fill_help(p)
@@ -471,6 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the `lmdlt` command: a job of a local Snakemake run goes to its job server
+        from .job_server import run_in_server
+
+        code = run_in_server(sys.argv[1:])
+        if code is not None:
+            return code
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)

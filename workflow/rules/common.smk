@@ -2,6 +2,7 @@
 # output paths, and the per-variant params helpers shared by the rule files.
 import json
 import os
+import sys
 
 from lmdlt.config import ConfigError, check_data_root, pairs, row_label, validate_config
 from lmdlt.report.spec import row_checks
@@ -126,8 +127,34 @@ def check_data_before_jobs():
         )
 
 
+# The job server (lmdlt/job_server.py): one process imports torch once and every job's `lmdlt`
+# call runs in a fork of it, so a job costs its work, not 3-6 s of imports (docs/benchmarks.md
+# section 9). Local runs only: a SLURM job runs in its own allocation. LMDLT_NO_JOB_SERVER=1
+# turns it off (every job then runs in its own process, with the same outputs).
+from lmdlt.job_server import WorkflowServer, drop_local_rate_limiter, may_run_jobs
+
+JOB_SERVER = WorkflowServer()
+JOB_SERVER_LOG = ".snakemake/lmdlt-job-server.log"
+if may_run_jobs(sys.argv):  # its imports overlap the DAG building; onstart decides for real
+    JOB_SERVER.launch(JOB_SERVER_LOG)
+
+
 onstart:
     check_data_before_jobs()
+    if workflow.local_exec:
+        JOB_SERVER.start(JOB_SERVER_LOG)
+        if drop_local_rate_limiter(workflow):  # why: lmdlt/job_server.py
+            print("lmdlt: local run: Snakemake's job rate limiter is off", file=sys.stderr)
+    else:  # cluster jobs run in their allocations
+        JOB_SERVER.stop()
+
+
+onsuccess:
+    JOB_SERVER.stop()
+
+
+onerror:
+    JOB_SERVER.stop()
 
 
 def metrics_file(s1, s2, seed):
