@@ -135,7 +135,8 @@ from lmdlt.job_server import WorkflowServer, drop_local_rate_limiter, may_run_jo
 
 JOB_SERVER = WorkflowServer()
 JOB_SERVER_LOG = ".snakemake/lmdlt-job-server.log"
-if may_run_jobs(sys.argv):  # its imports overlap the DAG building; onstart decides for real
+# launched now, its imports overlap the DAG building; onstart decides for real
+if may_run_jobs(sys.argv):
     JOB_SERVER.launch(JOB_SERVER_LOG)
 
 
@@ -144,7 +145,10 @@ onstart:
     if workflow.local_exec:
         JOB_SERVER.start(JOB_SERVER_LOG)
         if drop_local_rate_limiter(workflow):  # why: lmdlt/job_server.py
-            print("lmdlt: local run: Snakemake's job rate limiter is off", file=sys.stderr)
+            print(
+                "lmdlt: local run: Snakemake's job rate limiter is off",
+                file=sys.stderr,
+            )
     else:  # cluster jobs run in their allocations
         JOB_SERVER.stop()
 
