@@ -248,7 +248,10 @@ def test_a_run_through_the_server_gives_the_numbers_of_plain_processes(tmp_path)
     for work in (served, plain):
         work.mkdir()
         write_config(work, TINY)
+    sockets = lambda: set(Path(tempfile.gettempdir()).glob("lmdlt-jobs-*/socket"))  # noqa: E731
+    before = sockets()
     run_snakemake(served, "--cores", "2")
+    assert not sockets() - before  # the run's server stopped and removed its socket
     os.environ[job_server.ENV_DISABLE] = "1"
     try:
         run_snakemake(plain, "--cores", "2")
@@ -261,7 +264,6 @@ def test_a_run_through_the_server_gives_the_numbers_of_plain_processes(tmp_path)
     assert len(a) == 3 and a == b  # CE, CE + cRT, CE + NCM: the same numbers
     table = "results/digits-lt/tables/results.csv"
     assert (served / table).read_text() == (plain / table).read_text()
-    assert not list(Path(tempfile.gettempdir()).glob("lmdlt-jobs-*/socket"))  # stopped
 
 
 @pytest.mark.parametrize("argv, runs", [
