@@ -143,8 +143,13 @@ def run_in_server(argv: list[str]) -> int | None:
     with conn:
         request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
                               "installation": installation()}).encode()
-        socket.send_fds(conn, [_HEADER.pack(len(request))], [0, 1, 2])
-        conn.sendall(request)
+        try:
+            socket.send_fds(conn, [_HEADER.pack(len(request))], [0, 1, 2])
+            conn.sendall(request)
+        except OSError as e:  # e.g. a closed standard stream: nothing was started
+            print(f"lmdlt: could not hand the job to the job server at {path} ({e}); running "
+                  f"in this process", file=sys.stderr)
+            return None
         buf = bytearray()
         hello = _read_line(conn, buf)
         if hello is not None and "refused" in hello:

@@ -315,3 +315,19 @@ def test_the_workflow_server_imports_the_installed_lmdlt_not_a_folder_in_the_cwd
         assert ws.start(tmp_path / "server.log") is not None, (tmp_path / "server.log").read_text()
     finally:
         ws.stop()
+
+
+def test_a_job_the_client_cannot_hand_over_runs_in_the_client(socket_path, monkeypatch, capfd):
+    server = fake_main_server(socket_path, lambda argv: 7)
+    try:
+        monkeypatch.setenv(job_server.ENV_SOCKET, socket_path)
+        monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+
+        def bad_fd(*args):
+            raise OSError(9, "Bad file descriptor")
+
+        monkeypatch.setattr(job_server.socket, "send_fds", bad_fd)
+        assert job_server.run_in_server(["status"]) is None
+        assert "could not hand the job" in capfd.readouterr().err
+    finally:
+        server.terminate()
