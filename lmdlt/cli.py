@@ -192,7 +192,8 @@ def cmd_report_results_page(a):
 
     bench = sorted(glob.glob(f"{a.benchmarks}/**/*.tsv", recursive=True)) if a.benchmarks else None
     write_results_page(a.table, a.out, a.meta, naive_csv=a.naive, curve_checkpoints=a.curve,
-                       benchmark_files=bench)
+                       benchmark_files=bench, budget_checkpoints=a.budgets,
+                       budget_stage2=a.budget_stage2 or None)
 
 
 def cmd_validate_config(a):
@@ -387,9 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--naive", default=None, help="the same table of the naive-split experiment (CSV)")
     s.add_argument("--curve", nargs="*", default=None,
                    help="stage-1 checkpoints whose per-epoch validation BACC is the learning curve")
+    s.add_argument("--budgets", nargs="*", default=None,
+                   help="stage-1 checkpoints of the curve's schedules: what each one ends at (its "
+                        "metrics.json beside it; the stage 2 --budget-stage2 on its features)")
+    s.add_argument("--budget-stage2", default="crt",
+                   help="the stage-2 variant whose test BACC the budget table shows ('' for none)")
     s.add_argument("--benchmarks", default=None, help="the experiment's Snakemake benchmark folder")
     s.add_argument("--meta", type=_json, required=True,
-                   help="title, command, machine, budget, table_title, curve_note (JSON: the "
+                   help="title, command, machine, budget, table_title, curve_note, budget_note (JSON: the "
                         "config's report.results_page)")
     s.add_argument("--out", required=True, help="the page (Markdown); its CSVs go to <dir>/results/")
 

@@ -229,7 +229,7 @@ def _jobs(out: str, rule: str) -> int:
 @pytest.mark.realdata
 def test_results_page_experiment_dry_run(tmp_path, shared_data):
     """issue 18: every row of the page's table is scheduled, every stage-1 row at one budget
-    (28 px, width 16, 20 epochs, batch 128, lr 0.1), and the page is an output."""
+    (16 px, width 8, 20 epochs, batch 128, lr 0.1), and the page is an output."""
     from snakemake.utils import update_config
 
     from lmdlt.config import validate_config
@@ -242,8 +242,9 @@ def test_results_page_experiment_dry_run(tmp_path, shared_data):
     encoders = cfg["stage1"]
     assert len(encoders) == 18 and _jobs(out, "train_stage1") == 18 * 3
     budgets = {(v["epochs"], v["batch_size"], v["lr"], v["model"]["width"]) for v in encoders.values()}
-    assert budgets == {(20, 128, 0.1, 16)}, "every stage-1 row shares one budget"
-    assert "images_28px.h5" in out and _jobs(out, "results_page") == 1
+    assert budgets == {(20, 128, 0.1, 8)}, "every stage-1 row shares one budget"
+    assert cfg["stage1"]["rrl"]["params"]["consistency_start_epoch"] == 4  # 21 of 100, scaled
+    assert "images_16px.h5" in out and "images_28px.h5" not in out and _jobs(out, "results_page") == 1
     assert "docs/results.md" in out
     rows = cfg["report"]["tables"]["table2"]["rows"]
     assert len(rows) == 30 and {"ce/crt", "rrl/icc", "iccl/kd_rebalance", "ce/logit_adjust"} <= {r["run"] for r in rows}
@@ -257,7 +258,9 @@ def test_results_page_naive_curve_and_gpu_configs_dry_run(tmp_path, shared_data)
     assert _jobs(naive, "results_page") == 0
     curve, _ = _dry_run(tmp_path, [RESULTS[0], EXPERIMENTS / "overlays" / "results-ham10000-curve.yaml"],
                         shared_data, "curve")
-    assert _jobs(curve, "train_stage1") == 1 and '"epochs": 40' in curve
+    # the 40-epoch curve and the four shorter schedules the page compares, at the page's scale
+    assert _jobs(curve, "train_stage1") == 5 and "images_16px.h5" in curve
+    assert all(f'"epochs": {e}' in curve for e in (10, 15, 20, 30, 40)) and '"width": 8' in curve
     gpu, _ = _dry_run(tmp_path, [*RESULTS, EXPERIMENTS / "overlays" / "results-ham10000-gpu.yaml"],
                       shared_data, "gpu")
     assert "images_224px.h5" in gpu and '"arch": "small_resnet"' not in gpu

@@ -99,6 +99,39 @@ def test_the_learning_curve_comes_from_the_checkpoints_history(tables):
     assert "| 2 | 31.0 |" in page and "| 3 | 30.5 |" in page
 
 
+def test_the_budget_table_is_what_each_schedule_ended_at(tables):
+    """The page's budget table: each curve checkpoint's epochs and kept validation BACC, the test
+    BACC of the metrics beside it and of its cRT, sorted by epochs; and it re-renders from its copy."""
+    import json
+
+    import torch
+
+    d, *_ = tables
+    ckpts = []
+    for v, epochs, val, test, crt in (("ce", 40, 0.318, 0.355, 0.505), ("ce_e10", 10, 0.251, 0.240, None),
+                                      ("ce_e20", 20, 0.297, 0.300, 0.429)):
+        run = d / "curve" / "seed0" / "stage1" / v
+        run.mkdir(parents=True)
+        torch.save({"meta": {"provenance": {"seed": 0, "config": {"epochs": epochs}},
+                             "selected_val_bacc": val, "history": []}}, run / "model.pt")
+        (run / "metrics.json").write_text(json.dumps({"metrics": {"bacc": test}}))
+        if crt is not None:
+            s2 = d / "curve" / "seed0" / "stage2" / v / "crt"
+            s2.mkdir(parents=True)
+            (s2 / "metrics.json").write_text(json.dumps({"metrics": {"bacc": crt}}))
+        ckpts.append(run / "model.pt")
+    meta = {**META, "budget_note": "budgets"}
+    page = write_results_page(d / "table2.csv", d / "page" / "results.md", meta, budget_checkpoints=ckpts)
+    lines = [x for x in page.splitlines() if x.startswith("| ") and x.split("|")[1].strip().isdigit()]
+    assert lines == ["| 10 | 0 | 25.1 | 24.0 | – |", "| 20 | 0 | 29.7 | 30.0 | 42.9 |",
+                     "| 40 | 0 | 31.8 | 35.5 | 50.5 |"]
+    assert "| schedule (epochs) | seed | val BACC (%) | test BACC (%) | test BACC + crt (%) |" in page
+    assert "budgets" in page and render_from_copies(d / "page", meta) == page
+    no_stage2 = write_results_page(d / "table2.csv", d / "p2" / "results.md", meta,
+                                   budget_checkpoints=ckpts, budget_stage2=None)
+    assert "+ crt" not in no_stage2 and "| 20 | 0 | 29.7 | 30.0 |" in no_stage2
+
+
 def test_the_committed_page_is_what_its_committed_csvs_render_to():
     page = REPO / "docs" / "results.md"
     if not (page.is_file() and (REPO / "docs" / "results" / "table.csv").is_file()):

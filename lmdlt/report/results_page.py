@@ -56,6 +56,30 @@ def learning_curve(histories: dict[str, list[dict]]) -> pd.DataFrame:
     return pd.concat(frames, axis=1).reset_index() if frames else pd.DataFrame()
 
 
+def budget_table(checkpoints: list, stage2: str | None = "crt") -> pd.DataFrame:
+    """What each learning-curve schedule ends at, one row per stage-1 checkpoint: its epochs, the
+    kept epoch's validation BACC, the test BACC of its ``metrics.json`` (beside the checkpoint) and,
+    when ``stage2`` is given and was run, the test BACC of that stage 2 on its features
+    (``<seed dir>/stage2/<variant>/<stage2>/metrics.json``). Sorted by epochs."""
+    import json
+
+    from ..models.checkpoint import safe_torch_load
+
+    rows = []
+    for p in map(Path, checkpoints):
+        meta = safe_torch_load(p)["meta"]
+        r = {"variant": p.parent.name, "seed": meta["provenance"]["seed"],
+             "epochs": int(meta["provenance"]["config"]["epochs"]),
+             "val_bacc": float(meta["selected_val_bacc"]),
+             "test_bacc": json.loads((p.parent / "metrics.json").read_text())["metrics"]["bacc"]}
+        if stage2:
+            m2 = p.parents[2] / "stage2" / p.parent.name / stage2 / "metrics.json"
+            r[f"test_bacc_{stage2}"] = (json.loads(m2.read_text())["metrics"]["bacc"]
+                                        if m2.is_file() else float("nan"))
+        rows.append(r)
+    return pd.DataFrame(rows).sort_values(["epochs", "seed"]).reset_index(drop=True)
+
+
 def compute_used(benchmark_files: list[str]) -> dict:
     """Jobs and summed job wall / CPU time from Snakemake benchmark TSVs."""
     rows = [pd.read_csv(f, sep="\t").iloc[-1] for f in sorted(benchmark_files)]
@@ -67,7 +91,8 @@ def compute_used(benchmark_files: list[str]) -> dict:
 
 
 def render(table: pd.DataFrame, meta: dict, naive: pd.DataFrame | None = None,
-           curve: pd.DataFrame | None = None, compute: dict | None = None) -> str:
+           curve: pd.DataFrame | None = None, compute: dict | None = None,
+           budgets: pd.DataFrame | None = None) -> str:
     """The page's Markdown (deterministic: the same inputs give the same bytes)."""
     ref = table.loc[table["is_lmd"].astype(bool), "row"]
     ref = ref.iloc[0] if len(ref) else "the reference row"
@@ -113,9 +138,21 @@ def render(table: pd.DataFrame, meta: dict, naive: pd.DataFrame | None = None,
             lines.append(f"| {r['row']} | {100 * r['bacc_mean']:.1f} | {100 * r['bacc_mean_naive']:.1f} "
                          f"| {100 * r['gain']:+.1f} |")
         lines.append("")
-    if curve is not None and len(curve):
-        lines += ["## The learning curve that fixed the budget", "",
-                  meta.get("curve_note", "CE's validation BACC per epoch."), "",
+    has_curve = curve is not None and len(curve)
+    if has_curve or (budgets is not None and len(budgets)):
+        lines += ["## The learning curve that fixed the budget", ""]
+    if budgets is not None and len(budgets):
+        s2 = [c for c in budgets.columns if c.startswith("test_bacc_")]
+        lines += [meta.get("budget_note", "What each schedule ends at (the last epoch kept)."), "",
+                  "| schedule (epochs) | seed | val BACC (%) | test BACC (%) | "
+                  + " | ".join(f"test BACC + {c[len('test_bacc_'):]} (%)" for c in s2) + " |",
+                  "|---" * (4 + len(s2)) + "|"]
+        for _, r in budgets.iterrows():
+            lines.append(f"| {int(r['epochs'])} | {int(r['seed'])} | {_pct(r['val_bacc'])} | "
+                         f"{_pct(r['test_bacc'])} | " + " | ".join(_pct(r[c]) for c in s2) + " |")
+        lines.append("")
+    if has_curve:
+        lines += [meta.get("curve_note", "CE's validation BACC per epoch."), "",
                   "| epoch | " + " | ".join(c for c in curve.columns if c != "epoch") + " |",
                   "|---" * len(curve.columns) + "|"]
         for _, r in curve.iterrows():
@@ -126,9 +163,10 @@ def render(table: pd.DataFrame, meta: dict, naive: pd.DataFrame | None = None,
 
 
 def write_results_page(table_csv, out, meta: dict, naive_csv=None, curve_checkpoints=None,
-                       benchmark_files=None) -> str:
+                       benchmark_files=None, budget_checkpoints=None, budget_stage2: str | None = "crt") -> str:
     """Render the page to ``out`` and copy the CSVs it was made from to ``<out dir>/results/``
-    (``table.csv``, ``naive.csv``, ``curve.csv``, ``compute.csv``), all atomically."""
+    (``table.csv``, ``naive.csv``, ``curve.csv``, ``budgets.csv``, ``compute.csv``), all
+    atomically."""
     table = pd.read_csv(table_csv)
     naive = pd.read_csv(naive_csv) if naive_csv else None
     curve = None
@@ -137,15 +175,16 @@ def write_results_page(table_csv, out, meta: dict, naive_csv=None, curve_checkpo
 
         metas = [safe_torch_load(p)["meta"] for p in curve_checkpoints]
         curve = learning_curve({str(m["provenance"]["seed"]): m["history"] for m in metas})
+    budgets = budget_table(budget_checkpoints, budget_stage2) if budget_checkpoints else None
     compute = compute_used(benchmark_files) if benchmark_files else None
     data = Path(out).parent / "results"
     data.mkdir(parents=True, exist_ok=True)
-    for name, frame in (("table", table), ("naive", naive), ("curve", curve),
+    for name, frame in (("table", table), ("naive", naive), ("curve", curve), ("budgets", budgets),
                         ("compute", pd.DataFrame([compute]) if compute else None)):
         if frame is not None:
             with atomic_path(data / f"{name}.csv") as tmp:
                 frame.to_csv(tmp, index=False)
-    text = render(table, meta, naive, curve, compute)
+    text = render(table, meta, naive, curve, compute, budgets)
     with atomic_path(out) as tmp:
         Path(tmp).write_text(text)
     return text
@@ -161,4 +200,4 @@ def render_from_copies(page_dir, meta: dict) -> str:
 
     compute = read("compute")
     return render(read("table"), meta, read("naive"), read("curve"),
-                  compute.iloc[0].to_dict() if compute is not None else None)
+                  compute.iloc[0].to_dict() if compute is not None else None, read("budgets"))

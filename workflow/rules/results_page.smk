@@ -18,6 +18,23 @@ def results_page_inputs():
             for s in SEEDS
         ]
         out["curve"] = [c for c in curve if os.path.exists(c)]
+        # what each of the curve's schedules ends at: checkpoint, its test metrics and its
+        # stage 2's (the page reads the metrics beside each checkpoint)
+        runs = [
+            f"{config['results_dir']}/{page['curve']}/seed{s}/stage1/{v}"
+            for v in page.get("curve_budgets") or []
+            for s in SEEDS
+        ]
+        runs = [r for r in runs if os.path.exists(f"{r}/model.pt")]
+        out["budgets"] = [f"{r}/model.pt" for r in runs]
+        out["budget_metrics"] = [f"{r}/metrics.json" for r in runs]
+        if page.get("curve_stage2"):
+            stage2 = [
+                r.replace("/stage1/", "/stage2/")
+                + f"/{page['curve_stage2']}/metrics.json"
+                for r in runs
+            ]
+            out["budget_stage2_metrics"] = [m for m in stage2 if os.path.exists(m)]
     return out
 
 
@@ -34,6 +51,11 @@ if RESULTS_PAGE:
         [
             " --naive {input.naive:q}" if "naive" in RESULTS_PAGE_INPUTS else "",
             " --curve {input.curve:q}" if RESULTS_PAGE_INPUTS.get("curve") else "",
+            (
+                " --budgets {input.budgets:q} --budget-stage2 {params.budget_stage2:q}"
+                if RESULTS_PAGE_INPUTS.get("budgets")
+                else ""
+            ),
         ]
     )
 
@@ -56,10 +78,12 @@ if RESULTS_PAGE:
                         "machine",
                         "budget",
                         "curve_note",
+                        "budget_note",
                     )
                 }
             ),
             benchmarks=BENCHMARKS,
+            budget_stage2=RESULTS_PAGE.get("curve_stage2") or "",
         shell:
             "lmdlt report-results-page --table {input.table:q}"
             + RESULTS_PAGE_OPTIONAL
