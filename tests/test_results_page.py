@@ -35,6 +35,7 @@ def tables(tmp_path):
     ])
     naive = main.copy()
     naive["bacc_mean"] = main["bacc_mean"] + [0.10, 0.04, 0.07, 0.01]
+    naive["seeds"] = "0"  # the naive experiment may run fewer seeds: the page says which
     main.to_csv(tmp_path / "table2.csv", index=False)
     naive.to_csv(tmp_path / "naive.csv", index=False)
     bench = tmp_path / "bench"
@@ -64,7 +65,9 @@ def test_every_number_on_the_page_is_the_csvs(tables):
     assert re.search(r"above CE \+ cRT beyond the interval: Better \(", page)
     assert re.search(r"below it beyond the interval: Worse \(", page)
     assert re.search(r"not distinguishable from it: Same \(", page)
-    assert "changes BACC by +5.5 points on average over 4 rows (from +1.0 to +10.0)" in page
+    assert ("changes BACC by +5.5 points on average over 4 rows (from +1.0 to +10.0; naive seeds "
+            "0, lesion-grouped seeds 0, 1, 2)") in page
+    assert "naive (lesion-leaking) split, seeds 0, against the lesion-grouped means above (seeds 0, 1, 2)" in page
     assert "3 jobs, 2.00 h of job wall time summed over jobs (1.00 h CPU)" in page
     assert "**Command:** `snakemake ...`" in page and RULE in page
 

@@ -37,6 +37,11 @@ def _interval(r) -> str:
     return f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
+def _seeds(table: pd.DataFrame) -> str:
+    """The seeds a table's rows were averaged over (its ``seeds`` column), e.g. "0, 1, 2"."""
+    return ", ".join(sorted({s for x in table["seeds"].astype(str) for s in x.split()}, key=int))
+
+
 def verdicts(table: pd.DataFrame) -> dict[str, list[str]]:
     """Rows above / below the reference beyond the bootstrap interval, and the rest."""
     out = {"better": [], "worse": [], "within": []}
@@ -119,7 +124,8 @@ def render(table: pd.DataFrame, meta: dict, naive: pd.DataFrame | None = None,
         inflation = both.assign(gain=both["bacc_mean_naive"] - both["bacc_mean"])
         g = 100 * inflation["gain"]
         lines.append(f"- the naive (leaking) split changes BACC by {g.mean():+.1f} points on average "
-                     f"over {len(g)} rows (from {g.min():+.1f} to {g.max():+.1f}).")
+                     f"over {len(g)} rows (from {g.min():+.1f} to {g.max():+.1f}; naive seeds "
+                     f"{_seeds(naive)}, lesion-grouped seeds {_seeds(table)}).")
     else:
         lines.append("- the naive split: not run yet (its experiment's table is absent).")
     lines += ["", f"## {meta.get('table_title', 'Results')}", "",
@@ -128,11 +134,13 @@ def render(table: pd.DataFrame, meta: dict, naive: pd.DataFrame | None = None,
     for _, r in table.iterrows():
         cells = [_pct(r.get(f"{c}_mean"), r.get(f"{c}_std"), r.get(f"{c}_n")) for c, _ in GROUP_COLS]
         lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {_interval(r)} |")
-    seeds = sorted({s for x in table["seeds"].astype(str) for s in x.split()}, key=int)
-    lines += ["", f"Test split, mean ± sample std over seeds {', '.join(seeds)}. "
+    lines += ["", f"Test split, mean ± sample std over seeds {_seeds(table)}. "
               f"{table['group_rule'].iloc[0] if 'group_rule' in table else ''}".rstrip(), ""]
     if inflation is not None:
-        lines += ["## The naive split", "", "| Method | BACC lesion-grouped (%) | BACC naive (%) | naive − grouped (points) |",
+        lines += ["## The naive split", "",
+                  f"The same rows on the naive (lesion-leaking) split, seeds {_seeds(naive)}, against "
+                  f"the lesion-grouped means above (seeds {_seeds(table)}).", "",
+                  "| Method | BACC lesion-grouped (%) | BACC naive (%) | naive − grouped (points) |",
                   "|---|---|---|---|"]
         for _, r in inflation.iterrows():
             lines.append(f"| {r['row']} | {100 * r['bacc_mean']:.1f} | {100 * r['bacc_mean_naive']:.1f} "
