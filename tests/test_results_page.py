@@ -1,6 +1,7 @@
 """The results page is written by the pipeline from its CSVs (issue 18): every number on it is the
 CSVs', the reading follows the bootstrap intervals, and the committed page is what its committed
 CSVs render to."""
+import os
 import re
 from pathlib import Path
 
@@ -41,7 +42,10 @@ def tables(tmp_path):
     bench = tmp_path / "bench"
     bench.mkdir()
     for i, s in enumerate((1800.0, 1800.0, 3600.0)):
-        (bench / f"j{i}.tsv").write_text(f"s\th:m:s\tcpu_time\n{s}\t0:00:00\t{s / 2}\n")
+        f = bench / f"j{i}.tsv"
+        f.write_text(f"s\th:m:s\tcpu_time\n{s}\t0:00:00\t{s / 2}\n")
+        end = 1.0e9 + (0, 1800, 5400)[i]  # jobs end at t0, t0 + 0.5 h, t0 + 1.5 h: a 2 h span
+        os.utime(f, (end, end))
     return tmp_path, main, naive, sorted(map(str, bench.glob("*.tsv")))
 
 
@@ -68,7 +72,8 @@ def test_every_number_on_the_page_is_the_csvs(tables):
     assert ("changes BACC by +5.5 points on average over 4 rows (from +1.0 to +10.0; naive seeds "
             "0, lesion-grouped seeds 0, 1, 2)") in page
     assert "naive (lesion-leaking) split, seeds 0, against the lesion-grouped means above (seeds 0, 1, 2)" in page
-    assert "3 jobs, 2.00 h of job wall time summed over jobs (1.00 h CPU)" in page
+    assert ("3 jobs, 2.00 h of job wall time summed over jobs (1.00 h CPU); 2.00 h wall from the "
+            "first job's start to the last job's end") in page
     assert "**Command:** `snakemake ...`" in page and RULE in page
 
 

@@ -86,13 +86,18 @@ def budget_table(checkpoints: list, stage2: str | None = "crt") -> pd.DataFrame:
 
 
 def compute_used(benchmark_files: list[str]) -> dict:
-    """Jobs and summed job wall / CPU time from Snakemake benchmark TSVs."""
-    rows = [pd.read_csv(f, sep="\t").iloc[-1] for f in sorted(benchmark_files)]
+    """Jobs, summed job wall / CPU time, and the run's span from Snakemake benchmark TSVs: a file
+    is written when its job ends, so the span runs from the earliest (end - s) to the latest end
+    (the wall time of the run that made them, when one invocation did)."""
+    import os
+
+    rows = [(pd.read_csv(f, sep="\t").iloc[-1], os.path.getmtime(f)) for f in sorted(benchmark_files)]
     if not rows:
-        return {"jobs": 0, "wall_h": 0.0, "cpu_h": 0.0}
-    wall = sum(float(r["s"]) for r in rows)
-    cpu = sum(float(r.get("cpu_time", float("nan"))) for r in rows if not pd.isna(r.get("cpu_time")))
-    return {"jobs": len(rows), "wall_h": wall / 3600, "cpu_h": cpu / 3600}
+        return {"jobs": 0, "wall_h": 0.0, "cpu_h": 0.0, "span_h": 0.0}
+    wall = sum(float(r["s"]) for r, _ in rows)
+    cpu = sum(float(r.get("cpu_time", float("nan"))) for r, _ in rows if not pd.isna(r.get("cpu_time")))
+    span = max(end for _, end in rows) - min(end - float(r["s"]) for r, end in rows)
+    return {"jobs": len(rows), "wall_h": wall / 3600, "cpu_h": cpu / 3600, "span_h": span / 3600}
 
 
 def render(table: pd.DataFrame, meta: dict, naive: pd.DataFrame | None = None,
@@ -106,8 +111,10 @@ def render(table: pd.DataFrame, meta: dict, naive: pd.DataFrame | None = None,
              "the CSVs in results/; do not edit by hand. -->", "",
              f"**Command:** `{meta['command']}`  ", f"**Machine:** {meta['machine']}  "]
     if compute:
+        span = compute.get("span_h")
+        span = "" if span is None or pd.isna(span) else f"; {span:.2f} h wall from the first job's start to the last job's end"
         lines.append(f"**Compute:** {int(compute['jobs'])} jobs, {compute['wall_h']:.2f} h of job wall "
-                     f"time summed over jobs ({compute['cpu_h']:.2f} h CPU), from the run's "
+                     f"time summed over jobs ({compute['cpu_h']:.2f} h CPU){span}, from the run's "
                      "Snakemake benchmark files  ")
     lines += [f"**Budget:** {meta['budget']}", "", "## Reading", ""]
     v = verdicts(table)
