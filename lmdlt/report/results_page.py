@@ -86,18 +86,18 @@ def budget_table(checkpoints: list, stage2: str | None = "crt") -> pd.DataFrame:
 
 
 def compute_used(benchmark_files: list[str]) -> dict:
-    """Jobs, summed job wall / CPU time, and the run's span from Snakemake benchmark TSVs: a file
-    is written when its job ends, so the span runs from the earliest (end - s) to the latest end
-    (the wall time of the run that made them, when one invocation did)."""
+    """Jobs, summed job wall time and the run's span from Snakemake benchmark TSVs: a file is
+    written when its job ends, so the span runs from the earliest (end - s) to the latest end
+    (the wall time of the run that made them, when one invocation did). Their CPU column is left
+    out: under the job server it measures the client process, not the job (docs/job-server.md)."""
     import os
 
     rows = [(pd.read_csv(f, sep="\t").iloc[-1], os.path.getmtime(f)) for f in sorted(benchmark_files)]
     if not rows:
-        return {"jobs": 0, "wall_h": 0.0, "cpu_h": 0.0, "span_h": 0.0}
+        return {"jobs": 0, "wall_h": 0.0, "span_h": 0.0}
     wall = sum(float(r["s"]) for r, _ in rows)
-    cpu = sum(float(r.get("cpu_time", float("nan"))) for r, _ in rows if not pd.isna(r.get("cpu_time")))
     span = max(end for _, end in rows) - min(end - float(r["s"]) for r, end in rows)
-    return {"jobs": len(rows), "wall_h": wall / 3600, "cpu_h": cpu / 3600, "span_h": span / 3600}
+    return {"jobs": len(rows), "wall_h": wall / 3600, "span_h": span / 3600}
 
 
 def render(table: pd.DataFrame, meta: dict, naive: pd.DataFrame | None = None,
@@ -114,8 +114,7 @@ def render(table: pd.DataFrame, meta: dict, naive: pd.DataFrame | None = None,
         span = compute.get("span_h")
         span = "" if span is None or pd.isna(span) else f"; {span:.2f} h wall from the first job's start to the last job's end"
         lines.append(f"**Compute:** {int(compute['jobs'])} jobs, {compute['wall_h']:.2f} h of job wall "
-                     f"time summed over jobs ({compute['cpu_h']:.2f} h CPU){span}, from the run's "
-                     "Snakemake benchmark files  ")
+                     f"time summed over jobs{span}, from the run's Snakemake benchmark files  ")
     lines += [f"**Budget:** {meta['budget']}", "", "## Reading", ""]
     v = verdicts(table)
     lines.append(f"Against {ref}, with the paired bootstrap's interval (test images resampled, "
