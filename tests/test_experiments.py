@@ -256,6 +256,7 @@ def test_results_page_naive_curve_and_gpu_configs_dry_run(tmp_path, shared_data)
                         shared_data, "naive")
     assert "results/ham10000-lt-naive/seed0/split.parquet" in naive and '"grouped": false' in naive
     assert _jobs(naive, "results_page") == 0
+    assert _jobs(naive, "train_stage1") == 18 * 2  # seeds 0 and 1 (what fits a session)
     curve, _ = _dry_run(tmp_path, [RESULTS[0], EXPERIMENTS / "overlays" / "results-ham10000-curve.yaml"],
                         shared_data, "curve")
     # the 40-epoch curve and the four shorter schedules the page compares, at the page's scale
