@@ -120,13 +120,14 @@ def test_the_budget_table_is_what_each_schedule_ended_at(tables):
                                       ("ce_e20", 20, 0.297, 0.300, 0.429)):
         run = d / "curve" / "seed0" / "stage1" / v
         run.mkdir(parents=True)
-        torch.save({"meta": {"provenance": {"seed": 0, "config": {"epochs": epochs}},
+        torch.save({"meta": {"provenance": {"seed": 0, "config": {"epochs": epochs}, "config_hash": f"h{v}"},
                              "selected_val_bacc": val, "history": []}}, run / "model.pt")
-        (run / "metrics.json").write_text(json.dumps({"metrics": {"bacc": test}}))
+        scored = {"provenance": {"parents": {"stage1_config": f"h{v}"}}}  # what the producers record
+        (run / "metrics.json").write_text(json.dumps({"metrics": {"bacc": test}, **scored}))
         if crt is not None:
             s2 = d / "curve" / "seed0" / "stage2" / v / "crt"
             s2.mkdir(parents=True)
-            (s2 / "metrics.json").write_text(json.dumps({"metrics": {"bacc": crt}}))
+            (s2 / "metrics.json").write_text(json.dumps({"metrics": {"bacc": crt}, **scored}))
         ckpts.append(run / "model.pt")
     meta = {**META, "budget_note": "budgets"}
     page = write_results_page(d / "table2.csv", d / "page" / "results.md", meta, budget_checkpoints=ckpts)
@@ -138,6 +139,11 @@ def test_the_budget_table_is_what_each_schedule_ended_at(tables):
     no_stage2 = write_results_page(d / "table2.csv", d / "p2" / "results.md", meta,
                                    budget_checkpoints=ckpts, budget_stage2=None)
     assert "+ crt" not in no_stage2 and "| 20 | 0 | 29.7 | 30.0 |" in no_stage2
+    # a cRT scored on another encoder than this checkpoint (a stale file) is refused, by name
+    stale = d / "curve" / "seed0" / "stage2" / "ce_e20" / "crt" / "metrics.json"
+    stale.write_text(json.dumps({"metrics": {"bacc": 0.9}, "provenance": {"parents": {"stage1_config": "old"}}}))
+    with pytest.raises(ValueError, match=r"learning curve ce_e20.*another stage1 config \(config_hash old\)"):
+        write_results_page(d / "table2.csv", d / "p3" / "results.md", meta, budget_checkpoints=ckpts)
 
 
 def test_the_committed_page_is_what_its_committed_csvs_render_to():

@@ -65,22 +65,30 @@ def budget_table(checkpoints: list, stage2: str | None = "crt") -> pd.DataFrame:
     """What each learning-curve schedule ends at, one row per stage-1 checkpoint: its epochs, the
     kept epoch's validation BACC, the test BACC of its ``metrics.json`` (beside the checkpoint) and,
     when ``stage2`` is given and was run, the test BACC of that stage 2 on its features
-    (``<seed dir>/stage2/<variant>/<stage2>/metrics.json``). Sorted by epochs."""
+    (``<seed dir>/stage2/<variant>/<stage2>/metrics.json``). Sorted by epochs. Each metrics file
+    must score this checkpoint's stage-1 config (its recorded hash), as for every table row."""
     import json
 
     from ..models.checkpoint import safe_torch_load
+    from .paper_tables import check_row_provenance
+
+    def scored_bacc(path: Path, spec: dict) -> float:
+        record = json.loads(path.read_text())
+        check_row_provenance(spec, path, record)
+        return record["metrics"]["bacc"]
 
     rows = []
     for p in map(Path, checkpoints):
-        meta = safe_torch_load(p)["meta"]
-        r = {"variant": p.parent.name, "seed": meta["provenance"]["seed"],
-             "epochs": int(meta["provenance"]["config"]["epochs"]),
-             "val_bacc": float(meta["selected_val_bacc"]),
-             "test_bacc": json.loads((p.parent / "metrics.json").read_text())["metrics"]["bacc"]}
+        prov = safe_torch_load(p)["meta"]
+        spec = {"row": f"learning curve {p.parent.name}",
+                "config_hashes": {"stage1": prov["provenance"]["config_hash"]}}
+        r = {"variant": p.parent.name, "seed": prov["provenance"]["seed"],
+             "epochs": int(prov["provenance"]["config"]["epochs"]),
+             "val_bacc": float(prov["selected_val_bacc"]),
+             "test_bacc": scored_bacc(p.parent / "metrics.json", spec)}
         if stage2:
             m2 = p.parents[2] / "stage2" / p.parent.name / stage2 / "metrics.json"
-            r[f"test_bacc_{stage2}"] = (json.loads(m2.read_text())["metrics"]["bacc"]
-                                        if m2.is_file() else float("nan"))
+            r[f"test_bacc_{stage2}"] = scored_bacc(m2, spec) if m2.is_file() else float("nan")
         rows.append(r)
     return pd.DataFrame(rows).sort_values(["epochs", "seed"]).reset_index(drop=True)
 

@@ -20,19 +20,21 @@ def results_page_inputs():
         out["curve"] = [c for c in curve if os.path.exists(c)]
         # what each of the curve's schedules ends at: checkpoint, its test metrics and its
         # stage 2's (the page reads the metrics beside each checkpoint)
+        curve_dir = f"{config['results_dir']}/{page['curve']}"
         runs = [
-            f"{config['results_dir']}/{page['curve']}/seed{s}/stage1/{v}"
+            (s, v)
             for v in page.get("curve_budgets") or []
             for s in SEEDS
+            if os.path.exists(f"{curve_dir}/seed{s}/stage1/{v}/model.pt")
         ]
-        runs = [r for r in runs if os.path.exists(f"{r}/model.pt")]
-        out["budgets"] = [f"{r}/model.pt" for r in runs]
-        out["budget_metrics"] = [f"{r}/metrics.json" for r in runs]
+        out["budgets"] = [f"{curve_dir}/seed{s}/stage1/{v}/model.pt" for s, v in runs]
+        out["budget_metrics"] = [
+            f"{curve_dir}/seed{s}/stage1/{v}/metrics.json" for s, v in runs
+        ]
         if page.get("curve_stage2"):
             stage2 = [
-                r.replace("/stage1/", "/stage2/")
-                + f"/{page['curve_stage2']}/metrics.json"
-                for r in runs
+                f"{curve_dir}/seed{s}/stage2/{v}/{page['curve_stage2']}/metrics.json"
+                for s, v in runs
             ]
             out["budget_stage2_metrics"] = [m for m in stage2 if os.path.exists(m)]
     return out
