@@ -13,6 +13,11 @@ Loops restore their own objects (``state_dict``s) from the dict they saved; the 
 (torch's global CPU and CUDA generators, Python's and NumPy's global ones, and the loop's own
 ``torch.Generator``s) go through ``rng_state`` / ``set_rng_state`` so that a resumed run draws
 exactly what the uninterrupted one would have.
+
+``ResumeState.load(device)`` maps the saved tensors to the loop's device except the random
+states (the ``rng`` entry), which stay on the CPU whatever the device: NumPy's keys become an
+array and ``torch.set_rng_state`` takes a CPU byte tensor, so random states on a GPU would make
+every resume of a GPU run fail the same way.
 """
 from __future__ import annotations
 
@@ -65,7 +70,7 @@ def set_rng_state(state: dict, *generators: torch.Generator) -> None:
     py_version, py_internal, py_gauss = state["python"]
     random.setstate((py_version, tuple(py_internal), py_gauss))
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
-    np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
+    np.random.set_state((np_name, np_keys.cpu().numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
     if len(state["generators"]) != len(generators):
         raise ValueError(f"resume state has {len(state['generators'])} generator states, "
                          f"the loop has {len(generators)}")
@@ -87,11 +92,12 @@ class ResumeState:
             torch.save({"identity": self.identity, "key": self.key, "state": state}, tmp)
 
     def load(self, device: str | torch.device = "cpu") -> dict | None:
-        """The saved state of this run, or None (no file, a foreign run's file, unreadable)."""
+        """The saved state of this run, or None (no file, a foreign run's file, unreadable).
+        Tensors are on ``device``, except those under ``rng``, which are on the CPU."""
         if not self.path.is_file():
             return None
         try:
-            blob = torch.load(self.path, map_location=device, weights_only=True)
+            blob = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unreadable file means: start afresh
             log.warning("ignoring resume state %s: unreadable (%s: %s); starting afresh",
                         self.path, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
@@ -101,10 +107,23 @@ class ResumeState:
             log.warning("ignoring resume state %s: written by another run (%s; this run %s); "
                         "starting afresh", self.path, _difference(theirs, self.identity), self.key[:12])
             return None
-        return blob["state"]
+        state = blob["state"]
+        if torch.device(device).type == "cpu" or not isinstance(state, dict):
+            return state
+        return {k: v if k == "rng" else _to_device(v, device) for k, v in state.items()}
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _to_device(obj: Any, device: str | torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
 
 
 def _difference(theirs: Any, ours: dict) -> str:

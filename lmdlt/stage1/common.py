@@ -74,11 +74,23 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tens
     return -mean_log_pos.mean()
 
 
-def two_views(transform):
-    """A per-sample transform returning two independently augmented views."""
-    def views(img):
-        return transform(img), transform(img)
-    return views
+class TwoViewTransform:
+    """A per-sample transform returning two independently augmented views. A module-level
+    class, not a closure, so that it pickles into DataLoader workers started with spawn or
+    forkserver (macOS, Windows, Python 3.14's default on Linux)."""
+
+    def __init__(self, transform) -> None:
+        self.transform = transform
+
+    def __call__(self, img):
+        return self.transform(img), self.transform(img)
+
+    def __repr__(self) -> str:
+        return f"TwoViewTransform({self.transform!r})"
+
+
+def two_views(transform) -> TwoViewTransform:
+    return TwoViewTransform(transform)
 
 
 class TwoViewContrastive:
