@@ -199,9 +199,13 @@ def cmd_report_results_page(a):
 def cmd_validate_config(a):
     import yaml
 
-    from .config import load_config
+    from .config import describe_expansions, load_config
 
-    print(yaml.safe_dump(load_config(a.config), sort_keys=False))
+    grids: dict = {}
+    config = load_config(a.config, overlays=a.overlays, expansions=grids)
+    for line in describe_expansions(grids):  # YAML comments: the output stays valid YAML
+        print(f"# {line}")
+    print(yaml.safe_dump(config, sort_keys=False))
 
 
 def cmd_init(a):
@@ -485,8 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit after this many seconds without a job")
     s.add_argument("--no-preload", action="store_true", help="import nothing ahead (tests)")
 
-    s = add("validate-config", cmd_validate_config, "validate a config file and print it with defaults filled")
+    s = add("validate-config", cmd_validate_config,
+            "validate a config file and print it with defaults filled and grids expanded")
     s.add_argument("config", type=Path)
+    s.add_argument("overlays", type=Path, nargs="*",
+                   help="overlays merged over it in order, as by snakemake --configfile")
     _fill_help(p)
     return p
 
