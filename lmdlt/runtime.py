@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import sys
 
@@ -36,13 +37,34 @@ def deterministic_algorithms() -> None:
         inductor.deterministic = True
 
 
+#: cuBLAS's deterministic workspace setting (CUDA docs, "Results reproducibility"): without it,
+#: cuBLAS may pick split-K reductions whose order varies between runs, and torch's deterministic
+#: mode warns on every such matmul. Read when the first cuBLAS handle is created, i.e. it must
+#: be in the environment before the job's first CUDA matmul: setup_torch, the first call of
+#: every torch job, sets it unless the user set another value.
+CUBLAS_WORKSPACE = ":4096:8"
+
+
 def setup_torch(seed: int, threads: int | None = None) -> torch.Generator:
-    """Seed every RNG, make CPU kernels deterministic; return a seeded generator for samplers."""
+    """Seed every RNG, make kernels deterministic; return a seeded generator for samplers.
+
+    Deterministic mode over cuDNN's benchmark mode, on purpose: a resumed run must end with
+    the weights of the uninterrupted one and a re-run of a config must reproduce its numbers,
+    on CUDA as on the CPU. So ``torch.use_deterministic_algorithms`` (warn-only: an operation
+    without a deterministic CUDA kernel warns instead of stopping the run),
+    ``cudnn.deterministic = True``, ``cudnn.benchmark = False`` (benchmark mode times several
+    convolution algorithms per shape and keeps the fastest, whose choice can differ between
+    runs) and ``CUBLAS_WORKSPACE_CONFIG`` (``CUBLAS_WORKSPACE``). The price on CUDA is the
+    speed of cuDNN's heuristic choice against its timed one; ``benchmarks/gpu_check.py``
+    measures both so that the choice can be revisited on a GPU."""
     if threads:
         torch.set_num_threads(threads)
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
     deterministic_algorithms()
     # deterministic mode also NaN-fills every new uninitialised tensor: 5% of a stage-1 step
     # (docs/benchmarks.md, "loop overhead"); our kernels write what they allocate before reading
@@ -55,13 +77,41 @@ def setup_torch(seed: int, threads: int | None = None) -> torch.Generator:
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether a CUDA device computes in bf16 natively: compute capability 8.0 or more (Ampere,
+    Hopper...), or ROCm. Older cards (V100, T4) only emulate it, slower than fp32."""
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def resolve_precision(device: torch.device, precision: str = "auto") -> str:
-    """``auto``: bf16 autocast on CUDA (where it pays), fp32 elsewhere; ``fp32``/``bf16`` force it."""
+    """``auto``: bf16 autocast on a CUDA device with native bf16 (``cuda_has_native_bf16``),
+    fp32 elsewhere (the CPU, pre-Ampere GPUs: fp16 there would need loss scaling, a path of its
+    own, so they train in fp32); ``fp32``/``bf16`` force it, and ``bf16`` on a CUDA device
+    without native bf16 is an error."""
     if precision not in PRECISIONS:
         raise ValueError(f"compute.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    native = device.type == "cuda" and cuda_has_native_bf16(device)
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        return "bf16" if native else "fp32"
+    if precision == "bf16" and device.type == "cuda" and not native:
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ValueError(f"compute.precision: bf16 on {device}, compute capability {major}.{minor}, "
+                         "which has no native bf16 (8.0 or more needed): use fp32 or auto")
     return precision
+
+
+@contextlib.contextmanager
+def full_precision(device_type: str):
+    """Autocast off inside the block, for computations whose inputs the caller casts to fp32:
+    Gram matrices and quadratic forms whose small differences bf16 rounding would swamp (CUDA's
+    and the CPU's autocast both run matmul and einsum in bf16)."""
+    if device_type in ("cuda", "cpu"):
+        with torch.autocast(device_type=device_type, enabled=False):
+            yield
+    else:
+        yield
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

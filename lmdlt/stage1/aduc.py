@@ -47,7 +47,7 @@ import math
 import torch
 
 from .base import Stage1Method, register
-from .common import TwoViewContrastive
+from .common import DeviceConstants, TwoViewContrastive
 
 
 def aduc_alpha(epoch: int, t_decay: float, alpha_max: float, alpha_min: float) -> float:
@@ -112,6 +112,7 @@ class AdUni(TwoViewContrastive, Stage1Method):
         super().__init__(params, class_counts)
         self.compensation = (log_prior(self.class_counts)
                              if self.p["logit_compensation"] == "log_prior" else None)
+        self._on_device = DeviceConstants(compensation=self.compensation) if self.compensation is not None else None
 
     def alpha(self, epoch: int) -> float:
         t_decay = self.p["t_decay"] if self.p["t_decay"] is not None else max(self.epochs - 1, 1)
@@ -123,5 +124,6 @@ class AdUni(TwoViewContrastive, Stage1Method):
         feats = net.features(torch.cat([v1, v2]))
         f = self.head(feats)
         g = net.classifier(feats)
+        comp = None if self._on_device is None else self._on_device("compensation", g.device, g.dtype)
         return {"aduc": aduc_loss(f, g, torch.cat([y, y]), self.alpha(epoch), self.p["tau"],
-                                  self.compensation, self.p["logit_tau"])}
+                                  comp, self.p["logit_tau"])}

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Stage1Method, register
+from .common import DeviceConstants
 
 
 def balanced_softmax_loss(logits: torch.Tensor, y: torch.Tensor, counts, tau: float = 1.0) -> torch.Tensor:
@@ -29,5 +30,11 @@ class BalancedSoftmax(Stage1Method):
                 "description": "scale of the log-count shift (1: Balanced Softmax)"},
     }
 
+    def __init__(self, params, class_counts):
+        super().__init__(params, class_counts)
+        self._on_device = DeviceConstants(counts=torch.as_tensor(self.class_counts, dtype=torch.float32))
+
     def loss(self, net, x, y, epoch):
-        return {"balanced_softmax": balanced_softmax_loss(net(x), y, self.class_counts, self.p["tau"])}
+        logits = net(x)
+        counts = self._on_device("counts", logits.device, logits.dtype)
+        return {"balanced_softmax": balanced_softmax_loss(logits, y, counts, self.p["tau"])}

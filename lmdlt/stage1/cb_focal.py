@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Stage1Method, register
-from .common import effective_number_weights
+from .common import DeviceConstants, effective_number_weights
 
 
 def cb_focal_loss(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor,
@@ -35,6 +35,7 @@ class ClassBalancedFocal(Stage1Method):
     def __init__(self, params, class_counts):
         super().__init__(params, class_counts)
         self.weights = effective_number_weights(self.class_counts, self.p["beta"])
+        self._on_device = DeviceConstants(weights=self.weights)
 
     def on_train_start(self, net, epochs, steps_per_epoch):
         super().on_train_start(net, epochs, steps_per_epoch)
@@ -43,4 +44,4 @@ class ClassBalancedFocal(Stage1Method):
                 net.classifier.bias.fill_(-math.log((1 - self.p["prior"]) / self.p["prior"]))
 
     def loss(self, net, x, y, epoch):
-        return {"cb_focal": cb_focal_loss(net(x), y, self.weights, self.p["gamma"])}
+        return {"cb_focal": cb_focal_loss(net(x), y, self._on_device("weights", y.device), self.p["gamma"])}

@@ -28,5 +28,4 @@ class CrossEntropyDRW(DeferredReweighting, Stage1Method):
     params = dict(DRW_PARAMS)
 
     def loss(self, net, x, y, epoch):
-        w = self.drw_weight(epoch)
-        return {"ce": F.cross_entropy(net(x), y, weight=None if w is None else w.to(x.device))}
+        return {"ce": F.cross_entropy(net(x), y, weight=self.drw_weight(epoch, y.device))}

@@ -9,6 +9,23 @@ from torch import nn
 from ..data.samplers import effective_number_weights  # noqa: F401  (re-exported)
 
 
+class DeviceConstants:
+    """A method's constant tensors (class weights, margins, log priors...) kept on the host
+    and cached per (device, dtype) at first use: moved to the GPU once, not uploaded (a
+    synchronous copy from pageable memory) at every step."""
+
+    def __init__(self, **tensors: torch.Tensor) -> None:
+        self._host = tensors
+        self._cache: dict = {}
+
+    def __call__(self, name: str, device, dtype: torch.dtype | None = None) -> torch.Tensor:
+        key = (name, torch.device(device), dtype)
+        t = self._cache.get(key)
+        if t is None:
+            t = self._cache[key] = self._host[name].to(device=device, dtype=dtype)
+        return t
+
+
 def cosine_logits(net, x) -> tuple[torch.Tensor, torch.Tensor]:
     """(cosine similarities (B, K) between features and classifier rows, features)."""
     feats = net.features(x)
@@ -112,7 +129,10 @@ class TwoViewContrastive:
 
 class CosineClassifier:
     """Mixin for margin losses on a cosine classifier: the network's linear layer is kept at
-    unit-norm rows and zero bias from the start and after every step."""
+    unit-norm rows and zero bias from the start and after every step. The bias never enters
+    the loss, so DDP must be told that a step leaves a parameter without a gradient."""
+
+    ddp_unused_parameters = True
 
     def on_train_start(self, net, epochs, steps_per_epoch):
         super().on_train_start(net, epochs, steps_per_epoch)

@@ -17,9 +17,18 @@ A run of N processes is meant to be the single-process run with the same global 
   EMA teachers (``after_step``) then follow weights that are identical on every rank.
 
 Only rank 0 validates, logs and writes files. Per-sample losses (CE and its re-weightings) are
-then the single-process ones up to float rounding; losses that couple the samples of a batch
-(contrastive negatives, RRL's sample Gram matrix) see the per-rank batch of B / N, as in the
-usual DDP implementations of those methods, and random augmentation draws differ per rank.
+then the single-process ones up to float rounding. RRL's Gram terms gather the features of every
+rank (``gather_batch``, differentiable) and divide by the global batch, as the reference does
+(peterlipan/LMD ``utils/loss.py``, ``GatherLayer``), so they equal the single-process terms;
+Seesaw's class counts are summed over ranks (``all_reduce_sum``); the contrastive losses
+(SupCon, AdUni, ICCL) see the per-rank batch of B / N, as the usual DDP implementations of
+those methods. Other random draws (noise, mixing weights) come from per-rank streams
+(``wrap``), whose states every rank saves in the resume file and restores as its own
+(``rng_states`` / ``restore_rng``).
+
+``find_unused_parameters`` is decided per method (``find_unused_parameters``): DDP then
+traverses the autograd graph after every forward only for methods that leave parameters
+without a gradient (the cosine classifiers' bias, SupCon's classifier without its probe).
 """
 from __future__ import annotations
 
@@ -34,6 +43,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
 
+from ..resume import set_rng_state
 from ..runtime import select_device
 
 log = logging.getLogger("lmdlt.stage1")
@@ -81,11 +91,9 @@ class Distributed:
         if not self.active:
             return lambda x, y, epoch, **kw: method.loss(net, x, y, epoch, **kw)
         dev = next(net.parameters()).device
-        # find_unused_parameters: which modules a step uses can change with the epoch (warm-up,
-        # deferred re-weighting), and DDP's default would then wait for gradients that never come
         ddp = nn.parallel.DistributedDataParallel(
             _MethodStep(method, net, extra), device_ids=[dev.index] if dev.type == "cuda" else None,
-            find_unused_parameters=True)
+            find_unused_parameters=find_unused_parameters(method))
         # the network came from the same seed on every rank and DDP broadcast rank 0's weights;
         # from here on random augmentation must differ between ranks, or rank r's i-th image
         # would get the same crop as rank 0's i-th image (sampler generators are not touched)
@@ -109,6 +117,32 @@ class Distributed:
         k = len(names)
         return ({n: float(t[i]) for i, n in enumerate(names)}, int(round(float(t[k]))),
                 (t[k + 1:] / self.world_size).tolist())
+
+    def rng_states(self, state: dict) -> list[dict]:
+        """Every rank's random state (``resume.rng_state``), in rank order; a collective under
+        torchrun (all ranks call it), so that rank 0 can save each rank's own stream."""
+        if not self.active:
+            return [state]
+        states: list = [None] * self.world_size
+        dist.all_gather_object(states, state)
+        return states
+
+    def restore_rng(self, resumed: dict, generators, seed: int) -> None:
+        """Restore this rank's random state from a resume state holding ``rng`` (rank 0's)
+        and ``rng_ranks`` (every rank's). A file written with another number of processes has
+        no state for this rank: rank 0's is restored (the sampler generators, the same on every
+        rank, are exact) and ranks above 0 re-derive their streams from (seed, rank, epoch),
+        with a warning that the run no longer equals an uninterrupted one."""
+        states = resumed.get("rng_ranks") or [resumed["rng"]]
+        if len(states) == self.world_size:
+            set_rng_state(states[self.rank], *generators)
+            return
+        set_rng_state(states[0], *generators)
+        if self.rank:
+            log.warning("resume state written by %d process(es), this run has %d: rank %d draws "
+                        "from a re-derived stream (the resumed run differs from an uninterrupted "
+                        "one)", len(states), self.world_size, self.rank)
+            _seed_everything(seed + 7919 * self.rank + 104729 * int(resumed.get("epoch", 0)))
 
     def close(self) -> None:
         if self.active and dist.is_initialized():
@@ -154,6 +188,59 @@ def setup(device: str = "auto", env=os.environ) -> tuple[Distributed, torch.devi
     if dist.get_world_size() != ctx.world_size or dist.get_rank() != ctx.rank:
         raise RuntimeError("process group and WORLD_SIZE/RANK disagree")
     return Distributed(ctx.world_size, ctx.rank, ctx.local_rank, backend), dev
+
+
+def find_unused_parameters(method) -> bool:
+    """Whether DDP must look for parameters a step leaves without a gradient: a method says so
+    with ``ddp_unused_parameters`` (a bool attribute or property, default False). Without it DDP
+    would wait for those gradients for ever; with it, every forward pays a graph traversal, so
+    only methods that need it set it (tests/test_cuda_paths.py checks each method's claim
+    against the gradients a step really produces)."""
+    return bool(getattr(method, "ddp_unused_parameters", False))
+
+
+def world_size() -> int:
+    """Processes in the default group (1 when not distributed)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum of ``t`` over every rank (``t`` itself when not distributed); a new tensor, on
+    ``t``'s device."""
+    if world_size() == 1:
+        return t
+    out = t.detach().clone()
+    dist.all_reduce(out)
+    return out
+
+
+class _GatherBatch(torch.autograd.Function):
+    """All ranks' (B, ...) tensors concatenated in rank order; backward: the sum over ranks of
+    the gradient of the gathered tensor, this rank's rows. Every rank computes the same loss
+    on the gathered batch, so the summed gradient is world_size x this rank's share, and DDP's
+    average over ranks then gives the single-process gradient of that loss."""
+
+    @staticmethod
+    def forward(ctx, x):
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
+def gather_batch(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's batch of ``x`` concatenated (rank order; equal per-rank batches, which
+    ``ShardedSampler`` guarantees for training); gradients flow back to each rank's rows. ``x``
+    itself when not distributed."""
+    if world_size() == 1:
+        return x
+    return _GatherBatch.apply(x)
 
 
 def _seed_everything(seed: int) -> None:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Stage1Method, register
-from .common import CosineClassifier, cosine_logits
+from .common import CosineClassifier, DeviceConstants, cosine_logits
 
 
 def cloud_amplitudes(counts) -> torch.Tensor:
@@ -34,9 +34,11 @@ def cloud_amplitudes(counts) -> torch.Tensor:
     return (a / a.max() if a.max() > 0 else a).float()
 
 
-def cloud_noise(shape, std: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """eps ~ N(0, std^2) clipped to [-1, 1] (``losses.py:65, 75``)."""
-    return (torch.randn(shape, generator=generator) * std).clamp(-1, 1)
+def cloud_noise(shape, std: float, generator: torch.Generator | None = None,
+                device=None) -> torch.Tensor:
+    """eps ~ N(0, std^2) clipped to [-1, 1] (``losses.py:65, 75``), drawn on ``device`` (that
+    device's generator: no host draw and upload per step on a GPU)."""
+    return (torch.randn(shape, generator=generator, device=device) * std).clamp(-1, 1)
 
 
 def gcl_loss(cos: torch.Tensor, y: torch.Tensor, amplitudes: torch.Tensor, eps: torch.Tensor,
@@ -64,9 +66,10 @@ class GaussianCloudedLogit(CosineClassifier, Stage1Method):
     def __init__(self, params, class_counts):
         super().__init__(params, class_counts)
         self.amplitudes = cloud_amplitudes(self.class_counts)
+        self._on_device = DeviceConstants(amplitudes=self.amplitudes)
 
     def loss(self, net, x, y, epoch):
         cos, _ = cosine_logits(net, x)
-        eps = cloud_noise(cos.shape, self.p["noise_std"]).to(cos.device)
-        return {"gcl": gcl_loss(cos, y, self.amplitudes, eps, self.p["s"], self.p["m"],
-                                self.p["noise_mul"])}
+        eps = cloud_noise(cos.shape, self.p["noise_std"], device=cos.device)
+        return {"gcl": gcl_loss(cos, y, self._on_device("amplitudes", cos.device, cos.dtype), eps,
+                                self.p["s"], self.p["m"], self.p["noise_mul"])}

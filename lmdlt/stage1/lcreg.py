@@ -2,7 +2,7 @@
 
 A pool of M learnable latent category features f'_m (D-dim), encoded by a 1x1 convolution
 (a linear layer) FC, e_m = FC(f'_m). With the encoder's spatial feature map f (D x HW, the
-input of its final average pooling):
+input of its final average pooling; a ViT's patch tokens, lmdlt.models.register_feature_map_hook):
 - similarity maps S^m = sigmoid(e_m^T f) (Eq. 1), normalised over the M categories by softmax
   (Eq. 2); reconstruction f_hat = sum_m e_m S_hat^m (Eq. 3);
 - reconstruction loss (Eq. 4): C_f = f_hat^T f (HW x HW), cross-entropy of each row of C_f with
@@ -17,18 +17,36 @@ input of its final average pooling):
 
 The paper leaves the "decoder" and the samples of a latent category unspecified; our reading
 (above) keeps the network's pooled features and linear classifier for prediction, so the
-latent branch regularises the encoder and stage 2 can reuse the cached features."""
+latent branch regularises the encoder and stage 2 can reuse the cached features.
+
+Devices and precision: the running statistics live on the training device (float64 for the
+running merge, the batch moments in float32) and are updated without a host copy or a host
+sync (``RunningCovariance``). The latent terms (reconstruction correlations, the ISDA quadratic
+form and its logits) are computed in fp32 with autocast off (``runtime.full_precision``): under
+bf16 autocast the quadratic form (e_j - e_a)^T Sigma_a (e_j - e_a), a difference of close vectors
+through a covariance, and correlation logits of order 100 would be rounded to 8 bits."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.encoders import register_feature_map_hook
+from ..runtime import full_precision
 from .base import Stage1Method, register
 
 
 def reconstruction_loss(e: torch.Tensor, fmap: torch.Tensor) -> torch.Tensor:
     """Eqs. 1-4 for e (M, D) and fmap (B, D, HW)."""
+    with full_precision(fmap.device.type):
+        return _reconstruction_loss(_fp32(e), _fp32(fmap))
+
+
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _reconstruction_loss(e: torch.Tensor, fmap: torch.Tensor) -> torch.Tensor:
     s = torch.sigmoid(torch.einsum("md,bdp->bmp", e, fmap))
     s_hat = F.softmax(s, dim=1)
     f_hat = torch.einsum("md,bmp->bdp", e, s_hat)
@@ -46,44 +64,77 @@ def isda_quadratic(e: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
 
 def latent_aug_loss(e: torch.Tensor, x: torch.Tensor, y: torch.Tensor, cov: torch.Tensor,
                     lam: float) -> torch.Tensor:
-    """ISDA bound for feature vectors x (N, D) with latent labels y, classifier rows e (M, D)."""
-    logits = x @ e.t()
-    return F.cross_entropy(logits + 0.5 * lam * isda_quadratic(e, cov)[y], y)
+    """ISDA bound for feature vectors x (N, D) with latent labels y, classifier rows e (M, D);
+    in fp32 at least, autocast off."""
+    with full_precision(x.device.type):
+        e, x = _fp32(e), _fp32(x)
+        cov = cov.to(e.dtype)
+        logits = x @ e.t()
+        return F.cross_entropy(logits + 0.5 * lam * isda_quadratic(e, cov)[y], y)
+
+
+def class_scatter(xc: torch.Tensor, y: torch.Tensor, counts: torch.Tensor, m: int,
+                  grouped: bool, chunk: int = 1024) -> torch.Tensor:
+    """Per-class scatter matrices sum_{p: y_p = k} xc_p xc_p^T, (m, D, D), of vectors ``xc``
+    (N, D) with classes ``y``; ``counts`` (m,) the class sizes.
+
+    ``grouped`` (the GPU form): one batched matmul per chunk of rows, every class at once, through
+    the one-hot mask: no host sync and m kernels fewer, for m times the multiply-adds (a GPU has
+    them to spare, a CPU does not). Otherwise (the CPU form): rows sorted by class, one matmul per
+    class on its own rows."""
+    d = xc.shape[1]
+    if grouped:
+        out = xc.new_zeros(m, d, d)
+        for start in range(0, len(y), chunk):
+            part, yp = xc[start:start + chunk], y[start:start + chunk]
+            mask = F.one_hot(yp, m).to(xc.dtype).t()              # m, c
+            out += (mask[:, :, None] * part[None]).transpose(1, 2) @ part
+        return out
+    order = torch.argsort(y, stable=True)
+    parts = xc[order].split(counts.long().tolist())
+    return torch.stack([p.t() @ p for p in parts])
 
 
 class RunningCovariance:
-    """Per-category running mean and covariance over all vectors seen (Eqs. 5-6)."""
+    """Per-category running mean and covariance over all vectors seen (Eqs. 5-6), merged batch
+    by batch (Chan et al.'s pairwise update) for every category at once, on the vectors' device.
+    The running values are float64; a batch's moments float64 on the CPU, float32 on a GPU."""
 
     def __init__(self, m: int, d: int) -> None:
         self.n = torch.zeros(m, dtype=torch.float64)
         self.mean = torch.zeros(m, d, dtype=torch.float64)
         self.cov = torch.zeros(m, d, d, dtype=torch.float64)
 
+    def to(self, device) -> "RunningCovariance":
+        self.n, self.mean, self.cov = (t.to(device) for t in (self.n, self.mean, self.cov))
+        return self
+
     @torch.no_grad()
-    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        x = x.detach().to("cpu", torch.float64)
-        y = y.detach().cpu()
-        for k in torch.unique(y).tolist():
-            xk = x[y == k]
-            n_new = xk.shape[0]
-            mu_new = xk.mean(0)
-            c = xk - mu_new
-            cov_new = c.t() @ c / n_new
-            n_old = self.n[k]
-            n = n_old + n_new
-            delta = self.mean[k] - mu_new
-            self.cov[k] = ((n_old * self.cov[k] + n_new * cov_new) / n
-                           + n_old * n_new * torch.outer(delta, delta) / n ** 2)
-            self.mean[k] = (n_old * self.mean[k] + n_new * mu_new) / n
-            self.n[k] = n
-
-
-def _final_pool(encoder: nn.Module) -> nn.Module:
-    pools = [m for m in encoder.modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
-    if not pools:
-        raise ValueError("lcreg needs an encoder that ends in nn.AdaptiveAvgPool2d (its input is the "
-                         "spatial feature map)")
-    return pools[-1]
+    def update(self, x: torch.Tensor, y: torch.Tensor, grouped: bool | None = None) -> None:
+        """Fold vectors ``x`` (N, D) of categories ``y`` in; ``grouped``: ``class_scatter``'s
+        form (default: the grouped one on a GPU)."""
+        if self.n.device != x.device:
+            self.to(x.device)
+        # float64 on the CPU (as cheap there); float32 on a GPU, where float64 runs at 1/2 to
+        # 1/64 of the float32 rate
+        x = x.detach().to(torch.float64 if x.device.type == "cpu" else torch.float32)
+        m = self.n.shape[0]
+        onehot = F.one_hot(y, m).to(x.dtype)                       # N, m
+        n_new = onehot.sum(0)                                      # m
+        mu_new = (onehot.t() @ x) / n_new.clamp_min(1)[:, None]     # m, D
+        xc = x - mu_new[y]
+        if grouped is None:
+            grouped = x.device.type != "cpu"
+        cov_new = class_scatter(xc, y, n_new, m, grouped) / n_new.clamp_min(1)[:, None, None]
+        n_new, mu_new, cov_new = n_new.double(), mu_new.double(), cov_new.double()
+        n_old = self.n
+        n = n_old + n_new
+        safe = n.clamp_min(1)  # a category never seen keeps its zeros
+        delta = self.mean - mu_new
+        self.cov = ((n_old[:, None, None] * self.cov + n_new[:, None, None] * cov_new) / safe[:, None, None]
+                    + (n_old * n_new / safe ** 2)[:, None, None] * delta[:, :, None] * delta[:, None, :])
+        self.mean = (n_old[:, None] * self.mean + n_new[:, None] * mu_new) / safe[:, None]
+        self.n = n
 
 
 @register("lcreg")
@@ -103,10 +154,11 @@ class LCReg(Stage1Method):
         self.fc = nn.Linear(d, d)
         self.stats = RunningCovariance(m, d)
         self._fmap = None
-        _final_pool(net.encoder).register_forward_pre_hook(self._keep_fmap)
+        # the last spatial map as (B, D, HW): a CNN's positions, a ViT's patch tokens
+        register_feature_map_hook(net.encoder, self._keep_fmap)
 
-    def _keep_fmap(self, module, inputs):
-        self._fmap = inputs[0]
+    def _keep_fmap(self, fmap):
+        self._fmap = fmap
 
     def modules(self):
         return nn.ModuleDict({"latent": self.latent, "fc": self.fc})
@@ -119,14 +171,17 @@ class LCReg(Stage1Method):
 
     def loss(self, net, x, y, epoch):
         logits = net(x)
-        fmap = self._fmap.flatten(2)                                # B, D, HW
+        fmap = self._fmap                                           # B, D, HW
         e = self.fc(self.latent["features"])                        # M, D
+        if fmap.shape[1] != e.shape[1]:
+            raise ValueError(f"lcreg: the encoder's feature map has {fmap.shape[1]} channels, its pooled "
+                             f"features {e.shape[1]} (a head layer after the pooling); LCReg needs them equal")
         vectors = fmap.permute(0, 2, 1).reshape(-1, fmap.shape[1])  # B*HW, D
         with torch.no_grad():
             latent_y = (vectors @ e.t()).argmax(1)
         self.stats.update(vectors, latent_y)
         lam = self.p["lambda_0"] * epoch / max(self.epochs, 1)
-        cov = self.stats.cov.to(vectors.device, vectors.dtype)
+        cov = self.stats.cov.float()
         return {
             "cls": self.p["w_cls"] * F.cross_entropy(logits, y),
             "recon": self.p["w_recon"] * reconstruction_loss(e, fmap),

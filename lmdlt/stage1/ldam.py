@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Stage1Method, register
-from .common import CosineClassifier, cosine_logits, effective_number_weights
+from .common import CosineClassifier, DeviceConstants, cosine_logits, effective_number_weights
 
 
 def ldam_margins(counts, max_m: float) -> torch.Tensor:
@@ -90,15 +90,19 @@ class DeferredReweighting:
     def __init__(self, params, class_counts):
         super().__init__(params, class_counts)
         self.drw_weights = effective_number_weights(self.class_counts, self.p["drw_beta"])
+        self._drw_on_device = DeviceConstants(weights=self.drw_weights)
 
     def drw_epoch(self) -> int | None:
         if self.p["drw_start"] is None:
             return None
         return int(math.floor(self.p["drw_start"] * self.epochs))
 
-    def drw_weight(self, epoch: int) -> torch.Tensor | None:
+    def drw_weight(self, epoch: int, device=None) -> torch.Tensor | None:
+        """On ``device`` (cached there) when given."""
         start = self.drw_epoch()
-        return self.drw_weights if start is not None and epoch >= start else None
+        if start is None or epoch < start:
+            return None
+        return self.drw_weights if device is None else self._drw_on_device("weights", device)
 
     def selectable(self, epoch: int) -> bool:
         """best_val keeps only epochs from the DRW switch on (all when the run has no DRW)."""
@@ -133,7 +137,9 @@ class LDAM(DeferredReweighting, CosineClassifier, Stage1Method):
     def __init__(self, params, class_counts):
         super().__init__(params, class_counts)
         self.margins = ldam_margins(self.class_counts, self.p["max_m"])
+        self._margins_on_device = DeviceConstants(margins=self.margins)
 
     def loss(self, net, x, y, epoch):
         cos, _ = cosine_logits(net, x)
-        return {"ldam": ldam_loss(cos, y, self.margins, self.p["s"], self.drw_weight(epoch))}
+        return {"ldam": ldam_loss(cos, y, self._margins_on_device("margins", cos.device), self.p["s"],
+                                  self.drw_weight(epoch, cos.device))}

@@ -2,13 +2,18 @@
 by S_yj = M_yj * C_yj, i.e. z_j + log S_yj for j != y.
 Mitigation M_yj = (N_j / N_y)^p if N_j < N_y else 1, with N the class counts accumulated over the
 training batches so far (as in the paper); compensation C_yj = (sigma_j / sigma_y)^q if
-sigma_j > sigma_y else 1, sigma the (detached) softmax probabilities."""
+sigma_j > sigma_y else 1, sigma the (detached) softmax probabilities.
+
+Under DDP the counts of every process's batch are summed (``distributed.all_reduce_sum``), so N
+processes accumulate what one process does on the whole batch (mmdetection's SeesawLoss counts
+each rank's own labels only). The counts stay on the training device: no host copy per step."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 from .base import Stage1Method, register
+from .distributed import all_reduce_sum
 
 
 def seesaw_loss(logits: torch.Tensor, y: torch.Tensor, cum_counts: torch.Tensor, p: float,
@@ -48,5 +53,8 @@ class Seesaw(Stage1Method):
         self.cum_counts = state["cum_counts"].clone()
 
     def loss(self, net, x, y, epoch):
-        self.cum_counts += torch.bincount(y.cpu(), minlength=len(self.cum_counts)).double()
+        if self.cum_counts.device != y.device:
+            self.cum_counts = self.cum_counts.to(y.device)
+        batch = torch.bincount(y, minlength=len(self.cum_counts)).double()
+        self.cum_counts += all_reduce_sum(batch)
         return {"seesaw": seesaw_loss(net(x), y, self.cum_counts.float(), self.p["p"], self.p["q"])}

@@ -22,6 +22,11 @@ class SupervisedContrastive(TwoViewContrastive, Stage1Method):
         "probe": {"type": "boolean", "default": True},
     }
 
+    @property
+    def ddp_unused_parameters(self) -> bool:
+        """Without the probe the network's classifier gets no gradient (DDP must know)."""
+        return not self.p["probe"]
+
     def loss(self, net, x, y, epoch):
         v1, v2 = x
         feats = net.features(torch.cat([v1, v2]))

@@ -147,34 +147,48 @@ def cholesky(cov: torch.Tensor) -> torch.Tensor:
     return L
 
 
+#: rows of virtual features transformed together (several batches): one matmul per class per
+#: group instead of one masked matmul (and a host sync) per class per batch
+GROUP_ROWS = 8192
+
+
 def iter_virtual_batches(mu: torch.Tensor, chol: torch.Tensor, per_class: int, batch_size: int,
                          generator: torch.Generator, dtype=torch.float32, device=None
                          ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (features (b, C), labels (b,)) batches: exactly ``per_class`` draws from
     N(mu_k, L_k L_k^T) for every class k, in a seeded random order of classes.
 
-    Only one batch of virtual features exists at a time (plus the R*K label permutation),
-    so memory is O(batch_size * C + K * C^2 + R * K) instead of O(R * K * C). On a CUDA
-    ``device`` the draws happen there, from a device generator seeded from ``generator``.
-    """
+    Only a group of about ``GROUP_ROWS`` virtual features exists at a time (plus the R*K label
+    permutation), so memory is O(GROUP_ROWS * C + K * C^2 + R * K) instead of O(R * K * C). On
+    a CUDA ``device`` the draws happen there, from a device generator seeded from
+    ``generator``. The standard normal draws are made batch by batch; within a group the rows
+    are sorted by class on the host (the labels are drawn on the CPU) and each class's rows go
+    through one matmul, so no step waits for the device (no host sync) and a class costs one
+    kernel per group, not one masked selection per batch."""
     k, c = mu.shape
     dev = torch.device(device) if device is not None else torch.device("cpu")
     mu_ = mu.to(dev, dtype)
-    chol_ = chol.to(dev, dtype)
+    chol_t = chol.to(dev, dtype).transpose(1, 2)
     labels = torch.arange(k).repeat_interleave(per_class)
-    labels = labels[torch.randperm(len(labels), generator=generator)].to(dev)
+    labels = labels[torch.randperm(len(labels), generator=generator)]
     gen = generator
     if dev.type != "cpu":
         gen = torch.Generator(device=dev)
         gen.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-    for start in range(0, len(labels), batch_size):
-        y = labels[start:start + batch_size]
-        z = torch.randn(len(y), c, generator=gen, dtype=dtype, device=dev)
+    group = max(1, GROUP_ROWS // batch_size) * batch_size
+    for g0 in range(0, len(labels), group):
+        y_host = labels[g0:g0 + group]
+        z = torch.cat([torch.randn(len(y_host[s:s + batch_size]), c, generator=gen, dtype=dtype, device=dev)
+                       for s in range(0, len(y_host), batch_size)])
+        order = torch.argsort(y_host, stable=True)
+        counts = torch.bincount(y_host, minlength=k).tolist()  # host labels: no device sync
+        order_dev = order.to(dev, non_blocking=True)
+        pieces = z[order_dev].split(counts)
         v = torch.empty_like(z)
-        for cls in torch.unique(y).tolist():
-            m = y == cls
-            v[m] = z[m] @ chol_[cls].T + mu_[cls]
-        yield v, y
+        v[order_dev] = torch.cat([p @ chol_t[cls] + mu_[cls] for cls, p in enumerate(pieces) if len(p)])
+        y = y_host.to(dev, non_blocking=True)
+        for s in range(0, len(y_host), batch_size):
+            yield v[s:s + batch_size], y[s:s + batch_size]
 
 
 def isda_logits(weight: torch.Tensor, bias: torch.Tensor, mu: torch.Tensor, cov: torch.Tensor,
