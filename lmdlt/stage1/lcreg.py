@@ -2,7 +2,7 @@
 
 A pool of M learnable latent category features f'_m (D-dim), encoded by a 1x1 convolution
 (a linear layer) FC, e_m = FC(f'_m). With the encoder's spatial feature map f (D x HW, the
-input of its final average pooling; a ViT's patch tokens, lmdlt.models.register_feature_map_hook):
+input of its final average pooling):
 - similarity maps S^m = sigmoid(e_m^T f) (Eq. 1), normalised over the M categories by softmax
   (Eq. 2); reconstruction f_hat = sum_m e_m S_hat^m (Eq. 3);
 - reconstruction loss (Eq. 4): C_f = f_hat^T f (HW x HW), cross-entropy of each row of C_f with
@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.encoders import register_feature_map_hook
 from ..runtime import full_precision
 from .base import Stage1Method, register
 
@@ -137,6 +136,14 @@ class RunningCovariance:
         self.n = n
 
 
+def _final_pool(encoder: nn.Module) -> nn.Module:
+    pools = [m for m in encoder.modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
+    if not pools:
+        raise ValueError("lcreg needs an encoder that ends in nn.AdaptiveAvgPool2d (its input is the "
+                         "spatial feature map)")
+    return pools[-1]
+
+
 @register("lcreg")
 class LCReg(Stage1Method):
     params = {
@@ -154,11 +161,10 @@ class LCReg(Stage1Method):
         self.fc = nn.Linear(d, d)
         self.stats = RunningCovariance(m, d)
         self._fmap = None
-        # the last spatial map as (B, D, HW): a CNN's positions, a ViT's patch tokens
-        register_feature_map_hook(net.encoder, self._keep_fmap)
+        _final_pool(net.encoder).register_forward_pre_hook(self._keep_fmap)
 
-    def _keep_fmap(self, fmap):
-        self._fmap = fmap
+    def _keep_fmap(self, module, inputs):
+        self._fmap = inputs[0]
 
     def modules(self):
         return nn.ModuleDict({"latent": self.latent, "fc": self.fc})
@@ -171,11 +177,8 @@ class LCReg(Stage1Method):
 
     def loss(self, net, x, y, epoch):
         logits = net(x)
-        fmap = self._fmap                                           # B, D, HW
+        fmap = self._fmap.flatten(2)                                # B, D, HW
         e = self.fc(self.latent["features"])                        # M, D
-        if fmap.shape[1] != e.shape[1]:
-            raise ValueError(f"lcreg: the encoder's feature map has {fmap.shape[1]} channels, its pooled "
-                             f"features {e.shape[1]} (a head layer after the pooling); LCReg needs them equal")
         vectors = fmap.permute(0, 2, 1).reshape(-1, fmap.shape[1])  # B*HW, D
         with torch.no_grad():
             latent_y = (vectors @ e.t()).argmax(1)
