@@ -118,6 +118,7 @@ def build() -> dict:
             methods[name] = entry
         out[stage] = methods
     out["encoders"] = encoders.available_encoders()
+    out["torchvision_models"] = encoders.torchvision_names()  # model.arch may name one
     out["samplers"] = samplers.available_samplers()
     return out
 
@@ -233,6 +234,20 @@ class Catalog:
     def available_encoders(self) -> list[str]:
         mod = sys.modules.get("lmdlt.models.encoders")
         return mod.available_encoders() if mod else list(self.data["encoders"])
+
+    def arch_problem(self, arch: str) -> str | None:
+        """Why ``arch`` names no encoder (None when it does: lmdlt's own, a torchvision
+        classification model, or ``timm:<name>``, whose name timm checks when the job builds
+        it: importing timm costs seconds)."""
+        mod = sys.modules.get("lmdlt.models.encoders")
+        if mod is not None:
+            return mod.arch_problem(arch)
+        if arch in self.data["encoders"] or arch in self.data.get("torchvision_models", ()):
+            return None
+        if arch.startswith("timm:") and len(arch) > len("timm:"):
+            return None
+        return (f"unknown encoder {arch!r} (known: {', '.join(self.data['encoders'])}, a torchvision "
+                "classification model such as resnet50, or timm:<name>)")
 
     def available_samplers(self) -> list[str]:
         mod = sys.modules.get("lmdlt.data.samplers")

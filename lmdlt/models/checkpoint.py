@@ -58,7 +58,9 @@ def load_checkpoint(path, device="cpu"):
         raise CheckpointError(f"{str(p)!r} is not an lmdlt stage-1 checkpoint "
                               "(no 'state_dict' and 'meta')")
     meta = ckpt["meta"]
-    net = build_network({**meta["model"], "pretrained": None}, meta["in_channels"],
-                        meta["num_classes"], meta["mean"], meta["std"])
+    # the recorded (mean, std) are the ones trained with (the weights' own when pretrained);
+    # load_weights=False: the same modules as at training, no pretrained weights read
+    net = build_network(meta["model"], meta["in_channels"], meta["num_classes"], meta["mean"],
+                        meta["std"], image_size=meta.get("image_size"), load_weights=False)
     net.load_state_dict(ckpt["state_dict"])
     return net.to(device), meta

@@ -2,7 +2,7 @@
 
 A pool of M learnable latent category features f'_m (D-dim), encoded by a 1x1 convolution
 (a linear layer) FC, e_m = FC(f'_m). With the encoder's spatial feature map f (D x HW, the
-input of its final average pooling):
+input of its final average pooling; a ViT's patch tokens, lmdlt.models.register_feature_map_hook):
 - similarity maps S^m = sigmoid(e_m^T f) (Eq. 1), normalised over the M categories by softmax
   (Eq. 2); reconstruction f_hat = sum_m e_m S_hat^m (Eq. 3);
 - reconstruction loss (Eq. 4): C_f = f_hat^T f (HW x HW), cross-entropy of each row of C_f with
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.encoders import feature_map_channels, register_feature_map_hook
 from ..runtime import full_precision
 from .base import Stage1Method, register
 
@@ -136,14 +137,6 @@ class RunningCovariance:
         self.n = n
 
 
-def _final_pool(encoder: nn.Module) -> nn.Module:
-    pools = [m for m in encoder.modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
-    if not pools:
-        raise ValueError("lcreg needs an encoder that ends in nn.AdaptiveAvgPool2d (its input is the "
-                         "spatial feature map)")
-    return pools[-1]
-
-
 @register("lcreg")
 class LCReg(Stage1Method):
     params = {
@@ -156,15 +149,17 @@ class LCReg(Stage1Method):
 
     def on_train_start(self, net, epochs, steps_per_epoch):
         super().on_train_start(net, epochs, steps_per_epoch)
-        d, m = net.feature_dim, self.p["num_latent"]
+        # D: the spatial map's channels (the pooled features' too, unless a head layer follows)
+        d, m = feature_map_channels(net), self.p["num_latent"]
         self.latent = nn.ParameterDict({"features": nn.Parameter(torch.randn(m, d))})
         self.fc = nn.Linear(d, d)
         self.stats = RunningCovariance(m, d)
         self._fmap = None
-        _final_pool(net.encoder).register_forward_pre_hook(self._keep_fmap)
+        # the last spatial map as (B, D, HW): a CNN's positions, a ViT's patch tokens
+        register_feature_map_hook(net.encoder, self._keep_fmap)
 
-    def _keep_fmap(self, module, inputs):
-        self._fmap = inputs[0]
+    def _keep_fmap(self, fmap):
+        self._fmap = fmap
 
     def modules(self):
         return nn.ModuleDict({"latent": self.latent, "fc": self.fc})
@@ -177,7 +172,7 @@ class LCReg(Stage1Method):
 
     def loss(self, net, x, y, epoch):
         logits = net(x)
-        fmap = self._fmap.flatten(2)                                # B, D, HW
+        fmap = self._fmap                                           # B, D, HW
         e = self.fc(self.latent["features"])                        # M, D
         vectors = fmap.permute(0, 2, 1).reshape(-1, fmap.shape[1])  # B*HW, D
         with torch.no_grad():

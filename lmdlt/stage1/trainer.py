@@ -32,6 +32,7 @@ from ..data.samplers import make_sampler, set_sampler_epoch
 from ..data.transforms import channel_stats
 from ..io import atomic_path, provenance
 from ..models import build_network
+from ..models.finetune import apply_finetune, param_groups
 from ..progress import Pace, bar
 from ..resume import ResumeState, rng_state, run_identity, set_rng_state
 from ..runtime import autocast, loader_options, resolve_precision, setup_torch, use_channels_last
@@ -225,7 +226,14 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
                  ddp.local_batch_size(cfg["batch_size"]))
 
     mean, std = channel_stats(x_tr)
-    net = build_network(cfg["model"], x_tr.shape[-1], k, mean, std).to(dev, memory_format=memory_format)
+    net = build_network(cfg["model"], x_tr.shape[-1], k, mean, std, image_size=int(x_tr.shape[1]))
+    mean, std = net.input_normalisation  # pretrained weights: their own (mean, std)
+    finetune = apply_finetune(net, cfg.get("finetune"))  # frozen stages / BatchNorm statistics
+    if net.weights_info or cfg.get("finetune"):
+        log.info("pretrained weights: %s; input normalisation mean %s std %s; fine-tuning %s",
+                 (net.weights_info or {}).get("source"), [round(v, 4) for v in mean],
+                 [round(v, 4) for v in std], {**(cfg.get("finetune") or {}), **finetune})
+    net = net.to(dev, memory_format=memory_format)
     net = ddp.prepare(net, dev)  # SyncBatchNorm under torchrun, before any method hook sees net
     method = get_method(cfg["method"])(cfg["params"], counts)
     dataset = _AugmentedImages(x_tr, y_tr, method.train_transform(cfg["augment"], x_tr.shape[1]))
@@ -240,7 +248,7 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
     method.on_train_start(net, cfg["epochs"], len(loader))  # before modules(): they may need net
     extra = ddp.prepare(method.modules().to(dev), dev)
     step_loss = ddp.wrap(method, net, extra, seed)  # method.loss, through DDP under torchrun
-    params = list(net.parameters()) + list(extra.parameters())
+    params = param_groups(net, extra, cfg["lr"], cfg.get("finetune"))  # encoder_lr: its own group
     opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"],
                           weight_decay=cfg["weight_decay"])
     sched = lr_scheduler(opt, cfg.get("lr_schedule", "cosine"), cfg["epochs"] * len(loader), method)
@@ -342,7 +350,8 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
     meta = {
         "provenance": provenance("stage1", cfg, parents, seed),
         "model": cfg["model"], "in_channels": int(x_tr.shape[-1]), "num_classes": k,
-        "class_names": class_names, "mean": mean, "std": std,
+        "class_names": class_names, "mean": mean, "std": std, "image_size": int(x_tr.shape[1]),
+        "weights": net.weights_info, "finetune": finetune,
         "selected_epoch": best["epoch"], "selected_val_bacc": best["val_bacc"], "history": history,
         "compute": {"device": str(dev), "precision": prec, "channels_last": memory_format == torch.channels_last},
     }
