@@ -119,8 +119,10 @@ def test_a_setting_ending_in_a_digit_is_separated_from_its_value():
      r"stage2\.h\.inherit: 'g' is a grid; inherit one of its variants \(g_lambda_e1e-3\)"),
     ({"g": {"method": "icc", "grid": {"stage1": [["ce"]]}, "grid_name": "g/{stage1}"}},
      r"stage2\.g\.grid_name: 'g/ce' is not a variant name"),
+    ({"g": {"method": "icc", "stage1": ["ce"], "grid": {"stage1.first": ["ce"]}}},
+     r"stage2\.g\.grid\.stage1\.first: stage1 is not a mapping in this variant"),
 ], ids=["duplicate-point", "existing-name", "name-field", "label-field", "value-type", "label",
-        "not-a-list", "empty", "inherit-grid", "bad-name"])
+        "not-a-list", "empty", "inherit-grid", "bad-name", "not-a-mapping"])
 def test_grid_errors_name_the_grid(stage2, message):
     with pytest.raises(ConfigError, match=message):
         validate_config(config(stage2=stage2))
