@@ -27,14 +27,14 @@ SEEDS = config["seeds"]
 THREADS = config["compute"]["threads"]
 DEVICE = config["compute"]["device"]
 
-SPLIT = ROOT + "/seed{seed}/split.parquet"
-CHECKPOINT = ROOT + "/seed{seed}/stage1/{s1}/model.pt"
-FEATURES = ROOT + "/seed{seed}/stage1/{s1}/features.h5"
-STAGE1_METRICS = ROOT + "/seed{seed}/stage1/{s1}/metrics.json"
-PREDICTIONS = ROOT + "/seed{seed}/stage2/{s1}/{s2}/predictions.h5"
-STAGE2_METRICS = ROOT + "/seed{seed}/stage2/{s1}/{s2}/metrics.json"
-LOGS = ROOT + "/logs"
-BENCHMARKS = ROOT + "/benchmarks"
+SPLIT = f"{ROOT}/seed{{seed}}/split.parquet"
+CHECKPOINT = f"{ROOT}/seed{{seed}}/stage1/{{s1}}/model.pt"
+FEATURES = f"{ROOT}/seed{{seed}}/stage1/{{s1}}/features.h5"
+STAGE1_METRICS = f"{ROOT}/seed{{seed}}/stage1/{{s1}}/metrics.json"
+PREDICTIONS = f"{ROOT}/seed{{seed}}/stage2/{{s1}}/{{s2}}/predictions.h5"
+STAGE2_METRICS = f"{ROOT}/seed{{seed}}/stage2/{{s1}}/{{s2}}/metrics.json"
+LOGS = f"{ROOT}/logs"
+BENCHMARKS = f"{ROOT}/benchmarks"
 
 REPORT_TABLE_MD = f"{ROOT}/tables/results.md"
 REPORT_TABLE_CSV = f"{ROOT}/tables/results.csv"
