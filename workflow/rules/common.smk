@@ -133,6 +133,16 @@ def check_data_before_jobs():
 # turns it off (every job then runs in its own process, with the same outputs).
 from lmdlt.job_server import WorkflowServer, drop_local_rate_limiter, may_run_jobs
 
+# `--sdm conda`: each rule runs in workflow/envs/lmdlt.yaml's environment, into which
+# workflow/envs/lmdlt.post-deploy.sh installs the checkout named by LMDLT_SOURCE (this one,
+# unless set); the job server, a fork of this process's environment, would bypass it.
+from lmdlt.job_server import ENV_DISABLE
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+os.environ.setdefault("LMDLT_SOURCE", workflow.basedir)
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    os.environ[ENV_DISABLE] = "1"
+
 JOB_SERVER = WorkflowServer()
 JOB_SERVER_LOG = ".snakemake/lmdlt-job-server.log"
 # launched now, its imports overlap the DAG building; onstart decides for real
