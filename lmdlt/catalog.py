@@ -18,14 +18,15 @@ differs from the current one is ignored too). The whole package is hashed, not o
 packages, because a schema may take its values from any module (``LINEAR_PARAMS``,
 ``TAU_GRID_PARAMS``); the price is a rebuild after edits that could not matter. A cache that
 cannot be written (read-only home) only costs the rebuild in each process. The catalog also
-records each method's module (the registries' fallback when a method's module is not named
-after it).
+records each method's module (``MethodInfo.module``).
 
 Where the live registry is already imported in this process (a job that has torch anyway), its
-entries are used as they are; the catalog only stands in for registries not imported.
+entries are used as they are (``lmdlt.method_registry.loaded``); the catalog only stands in for
+registries not imported. The catalog depends on the registries, never the reverse: a registry
+finds a method by its module's name, or by importing every module. What the parse, a job and the
+job server import: docs/imports.md.
 
-Options weighed (issue 16 item 2), measured on the 2-core CPU VM (docs/benchmarks.md, "Workflow
-parse imports"):
+Options weighed, measured on the 2-core CPU VM (docs/benchmarks.md, "Workflow parse imports"):
 
 * (a) this catalog: one full import (~3-4 s) per change to the package, then ~1 ms per parse
   (stat walk, JSON read); the parse went from 2.7 to 0.5-0.7 s, ``snakemake -n`` of the default
@@ -54,11 +55,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import method_registry
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 FORMAT = 1
 _KEEP = 16  # catalog files kept in the cache directory (one per source version)
 _LABEL = {"stage1": "stage-1", "stage2": "stage-2"}
-_REGISTRY_MODULES = {"stage1": "lmdlt.stage1.base", "stage2": "lmdlt.stage2.base"}
 
 
 @dataclass(frozen=True)
@@ -108,9 +110,9 @@ def build() -> dict:
 
     out: dict[str, Any] = {"format": FORMAT}
     for stage, base in (("stage1", base1), ("stage2", base2)):
-        base.import_all()
         methods = {}
-        for name, cls in sorted(base._REGISTRY.items()):
+        for name in base.available_methods():  # imports every method module
+            cls = base.get_method(name)
             entry = {"module": cls.__module__, "params": cls.params, "schema": cls.params_schema()}
             if stage == "stage2":
                 entry["needs_encoder"] = bool(cls.needs_encoder)
@@ -197,10 +199,11 @@ def _store(path: Path, data: dict) -> None:
         pass  # an unwritable cache costs a rebuild per process, never a wrong answer
 
 
-def _live(stage: str):
-    """The stage's registry dict when its module is already imported in this process."""
-    mod = sys.modules.get(_REGISTRY_MODULES[stage])
-    return getattr(mod, "_REGISTRY", None)
+def _live(stage: str) -> dict:
+    """The methods the stage's registry holds in this process ({} when its package is not
+    imported)."""
+    registry = method_registry.loaded(stage)
+    return registry.classes if registry is not None else {}
 
 
 class Catalog:
@@ -216,7 +219,7 @@ class Catalog:
         """The method class when its registry holds it in this process, else its
         ``MethodInfo``; ValueError (the registry's message) for an unknown name."""
         live = _live(stage)
-        if live is not None and name in live:
+        if name in live:
             return live[name]
         methods = self.data[stage]
         if name not in methods:
@@ -225,11 +228,6 @@ class Catalog:
         e = methods[name]
         return MethodInfo(name=name, params=e["params"], schema=e["schema"], module=e["module"],
                           needs_encoder=e.get("needs_encoder", False))
-
-    def method_module(self, stage: str, name: str) -> str | None:
-        """The module registering method ``name`` (None when the catalog does not know it)."""
-        entry = self.data[stage].get(name)
-        return entry["module"] if entry else None
 
     def available_encoders(self) -> list[str]:
         mod = sys.modules.get("lmdlt.models.encoders")
@@ -257,7 +255,3 @@ class Catalog:
 def get_method(stage: str, name: str):
     """``current().get_method(stage, name)``."""
     return current().get_method(stage, name)
-
-
-def method_module(stage: str, name: str) -> str | None:
-    return current().method_module(stage, name)

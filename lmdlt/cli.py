@@ -142,9 +142,9 @@ def cmd_report_figure(a):
 
 
 def cmd_report_paper_table(a):
-    from .report.paper_tables import write_paper_table
+    from .report.registry import render_table  # the table kind's renderer
 
-    write_paper_table(a.spec, a.out_csv, a.out_md, a.out_tex)
+    render_table(a.spec, a.out_csv, a.out_md, a.out_tex)
 
 
 def cmd_report_combine(a):
@@ -255,7 +255,7 @@ COMMON_HELP = {
     "--out-tex": "LaTeX output file",
     "--out-png": "PNG output file",
     "--out-pdf": "PDF output file (optional)",
-    "--spec": "the report spec as JSON (built by workflow/rules/report.smk from the config)",
+    "--spec": "the report spec as JSON (resolved from the config by lmdlt.report.spec)",
     "--fig4-png": "Fig. 4 (head/medium/tail t-SNE) PNG output",
     "--fig4-pdf": "Fig. 4 PDF output (optional)",
     "--fig5-png": "Fig. 5 (tail-class t-SNE) PNG output",

@@ -1,18 +1,24 @@
 """The stage-1 and stage-2 method registries: one mechanism for both (``lmdlt.stage1.base``,
 ``lmdlt.stage2.base`` each hold one instance).
 
-A method is one module of its stage's package whose class is decorated ``@register("name")``.
-``get(name)`` imports only the module defining ``name``, so that a job pays for its own method's
-imports: the module named like the method (the convention, no look-up), else the one
-``lmdlt.catalog`` records, else every module. ``available()`` imports every module, so a new
-method file is found with no extra step. Torch-free: the workflow's parse reads names and
-schemas from ``lmdlt.catalog`` instead.
+A method is one module of its stage's package, named like the method, whose class is decorated
+``@register("name")``. ``get(name)`` imports only that module, so that a job pays for its own
+method's imports; a method registered in a module of another name is still found, by importing
+every module. ``available()`` imports every module, so a new method file is found with no extra
+step.
+
+This module imports nothing of ``lmdlt`` (and no torch): the stage packages import it to
+register their methods, and ``lmdlt.catalog`` reads the registries through ``loaded(stage)``.
+Who imports what, and when: docs/imports.md.
 """
 from __future__ import annotations
 
 import importlib
 import pkgutil
 from pathlib import Path
+
+# the registry of each stage whose package is imported (one instance per stage)
+_LOADED: dict[str, "MethodRegistry"] = {}
 
 
 class MethodRegistry:
@@ -22,6 +28,7 @@ class MethodRegistry:
         self.directory = Path(directory)
         self.not_methods = set(not_methods)  # modules of the package that define no method
         self.classes: dict[str, type] = {}
+        _LOADED[stage] = self
 
     @property
     def label(self) -> str:
@@ -52,14 +59,14 @@ class MethodRegistry:
             own = self.directory / f"{name}.py"
             if name.isidentifier() and name not in self.not_methods and own.is_file():
                 importlib.import_module(f"{self.package}.{name}")
-        if name not in self.classes:
-            from .catalog import method_module
-
-            module = method_module(self.stage, name)
-            if module is not None:
-                importlib.import_module(module)
-            if name not in self.classes:  # not in the catalog: look in every module
-                self.import_all()
+        if name not in self.classes:  # registered in a module of another name, or unknown
+            self.import_all()
         if name not in self.classes:
             raise ValueError(f"unknown {self.label} method {name!r} (known: {', '.join(self.available())})")
         return self.classes[name]
+
+
+def loaded(stage: str) -> MethodRegistry | None:
+    """The registry of ``stage`` ("stage1", "stage2") when its stage package is imported in this
+    process (its ``classes`` are the methods registered so far), else None."""
+    return _LOADED.get(stage)

@@ -1,14 +1,17 @@
-"""Imports cost only what a job needs (issue 16 item 2): the workflow's parse imports no torch
+"""Imports cost only what a job needs (docs/imports.md): the workflow's parse imports no torch
 (method names and schemas come from ``lmdlt.catalog``), a stage-1 job imports its own method's
-module only and torchvision only when a configured transform or model needs it.
+module only and torchvision only when a configured transform or model needs it; the registries
+and the catalog import each other in one direction and read no private name of another module.
 
 Each check runs in a fresh interpreter (``sys.modules`` of this pytest process holds torch
 already), with ``LMDLT_CACHE_DIR`` pointing at a temporary catalog cache.
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -54,7 +57,7 @@ import yaml
 from lmdlt.config import ConfigError, check_data_root, pairs, row_label, validate_config
 from lmdlt.stamps import write_params_stamp
 from lmdlt.data.image_cache import cache_dir_name
-from lmdlt.report.spec import figure_specs, table_specs
+from lmdlt.report.targets import ReportTargets
 from lmdlt.catalog import current
 
 config = yaml.safe_load(open("config.yaml"))
@@ -68,13 +71,13 @@ s1, s2 = "r/seed{seed}/stage1/{s1}", "r/seed{seed}/stage2/{s1}/{s2}"
 paths = {"stage1_metrics": s1 + "/metrics.json", "features": s1 + "/features.h5",
          "stage2_metrics": s2 + "/metrics.json", "predictions": s2 + "/predictions.h5",
          "stage2_benchmark": "b/seed{seed}/{s1}_{s2}.tsv", "split": "r/seed{seed}/split.parquet"}
-table_specs(config, paths), figure_specs(config, paths)  # report.smk's PAPER_PATHS
+ReportTargets(config, paths).final_outputs()  # common.smk's REPORT, get_final_output()
 OUT = {"encoder_variants": encoder, "pairs": len(pairs(config))}
 """
 
 
 def test_workflow_helpers_import_no_torch(cache):
-    """What common.smk and report.smk import and call at parse time, on the default config."""
+    """What common.smk imports and calls at parse time, on the default config."""
     out = run_py(PARSE + REPORT, cache)
     assert out["heavy"] == [], f"the workflow's parse imports {out['heavy']}: {out['lmdlt']}"
     assert not any(m.startswith(("lmdlt.stage1.", "lmdlt.stage2.", "lmdlt.models")) for m in out["lmdlt"])
@@ -99,6 +102,55 @@ def test_snakemake_dry_run_imports_no_torch(cache, tmp_path):
     out = run_py(textwrap.dedent(code) + REPORT, cache)
     assert out["code"] in (0, None)
     assert out["heavy"] == [], f"snakemake -n imports {out['heavy']}: {out['lmdlt']}"
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, names) of every import statement of a source file, relative ones resolved."""
+    tree = ast.parse(path.read_text())
+    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(p for p in (base, node.module) if p)
+            out.append((module, [a.name for a in node.names]))
+    return out
+
+
+def test_registries_and_catalog_import_one_way_and_read_no_private_names():
+    """lmdlt.method_registry imports nothing of lmdlt (the stage packages and the catalog import
+    it); the catalog and the report modules import no private name of another module and read
+    none through a module (``base._REGISTRY``)."""
+    registry = REPO / "lmdlt" / "method_registry.py"
+    assert [m for m, _ in _imports(registry) if m.startswith("lmdlt")] == []
+    checked = [REPO / "lmdlt" / "catalog.py", registry, *sorted((REPO / "lmdlt" / "report").glob("*.py"))]
+    for path in checked:
+        private = [f"{m}.{n}" for m, names in _imports(path) if m.startswith("lmdlt")
+                   for n in names if n.startswith("_")]
+        assert private == [], f"{path.name} imports private names {private}"
+        # a private attribute is read only on the object's own class (self, cls)
+        reads = [ast.unparse(n) for n in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(n, ast.Attribute) and n.attr.startswith("_")
+                 and not n.attr.startswith("__") and getattr(n.value, "id", None) not in ("self", "cls")]
+        reads += [f"getattr(..., {a.value!r})" for n in ast.walk(ast.parse(path.read_text()))
+                  if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "getattr"
+                  for a in n.args[1:2] if isinstance(a, ast.Constant) and str(a.value).startswith("_")]
+        assert reads == [], f"{path.name} reads private names {reads}"
+
+
+def test_docs_imports_names_modules_that_exist():
+    """docs/imports.md's module names are the package's (a renamed module fails here)."""
+    text = (REPO / "docs" / "imports.md").read_text()
+    names = set(re.findall(r"`(lmdlt(?:\.[a-z_0-9]+)+)", text))
+    assert len(names) > 10
+    for name in sorted(names):
+        parts = name.split(".")
+        candidates = [REPO.joinpath(*parts).with_suffix(".py"), REPO.joinpath(*parts, "__init__.py")]
+        # a name may end in an attribute (lmdlt.job_server.PRELOAD)
+        candidates += [REPO.joinpath(*parts[:-1]).with_suffix(".py")]
+        assert any(c.is_file() for c in candidates), f"docs/imports.md names {name}"
 
 
 STAGE1 = """

@@ -109,28 +109,28 @@ def paper_table_html(csv_paths, title: str, absent: list[str] = ()) -> str:
     kinds = {t["table"].iloc[0] for t in tables}
     if len(kinds) != 1:
         raise ValueError(f"report-html: the CSVs hold different tables {sorted(kinds)}")
-    groups = pt._groups(tables)
-    rows = pt._row_order(tables)
-    metric_head = [(f"{pt.METRIC_NAMES.get(m, m)} (%)", 1) for _, t in groups for m in pt._metrics_of(t)]
+    groups = pt.column_groups(tables)
+    rows = pt.row_order(tables)
+    metric_head = [(f"{pt.METRIC_NAMES.get(m, m)} (%)", 1) for _, t in groups for m in pt.metrics_of(t)]
     head = [[("Method", 1)] + metric_head]
     if any(label for label, _ in groups):
-        head.insert(0, [("", 1)] + [(label or "", len(pt._metrics_of(t))) for label, t in groups])
-    cells = [(t, pt._cells(t, pt._metrics_of(t))) for _, t in groups]
+        head.insert(0, [("", 1)] + [(label or "", len(pt.metrics_of(t))) for label, t in groups])
+    cells = [(t, pt.cell_texts(t, pt.metrics_of(t))) for _, t in groups]
     body = []
     for row in rows:
         out = [_cell(row)]
         for t, c in cells:
-            for m in pt._metrics_of(t):
+            for m in pt.metrics_of(t):
                 out.append(_cell(*c.get((row, m), ("not run", False, False))))
         body.append(out)
     extra = [f"Not run yet (no table CSV): {', '.join(absent)}."] if absent else []
     parts = [html_table(head, body, "table")]
     parts += [f'<p class="note">{esc(n)}</p>' for n in pt.notes(tables) + extra]
-    if pt._paper_rows(tables):
+    if pt.has_paper_numbers(tables):
         parts.append(f"<h2>Side by side with the paper ({esc(tables[0]['paper'].iloc[0])})</h2>")
         ph_groups, ph = [("", 1)], [("Method", 1)]
         for label, t in groups:
-            for m in pt._metrics_of(t):
+            for m in pt.metrics_of(t):
                 name = pt.METRIC_NAMES.get(m, m) + (f" [{label}]" if label else "")
                 ph_groups.append((name, 3))
                 ph += [("ours", 1), ("paper", 1), ("Δ", 1)]
@@ -139,15 +139,15 @@ def paper_table_html(csv_paths, title: str, absent: list[str] = ()) -> str:
             out, any_paper = [_cell(row)], False
             for _, t in groups:
                 sel = t[t["row"] == row]
-                for m in pt._metrics_of(t):
+                for m in pt.metrics_of(t):
                     if sel.empty or pd.isna(sel[f"{m}_paper"].iloc[0]):
                         out += [_cell("–")] * 3
                         continue
                     any_paper = True
                     r = sel.iloc[0]
-                    ours = "–" if pd.isna(r[f"{m}_mean"]) else pt._pct(r[f"{m}_mean"])
-                    paper = pt._pct(r[f"{m}_paper"]) + (
-                        "" if pd.isna(r[f"{m}_paper_std"]) else f" ± {pt._pct(r[f'{m}_paper_std'])}")
+                    ours = "–" if pd.isna(r[f"{m}_mean"]) else pt.pct(r[f"{m}_mean"])
+                    paper = pt.pct(r[f"{m}_paper"]) + (
+                        "" if pd.isna(r[f"{m}_paper_std"]) else f" ± {pt.pct(r[f'{m}_paper_std'])}")
                     diff = "–" if pd.isna(r[f"{m}_diff"]) else f"{100 * r[f'{m}_diff']:+.2f}"
                     out += [_cell(ours), _cell(paper), _cell(diff)]
             if any_paper:

@@ -112,10 +112,7 @@ _T5 = {
     ("instance", "class_balanced"): [(63.79, 0.14), (61.05, 0.12), (60.59, 0.31), (61.63, 0.21)],
 }
 
-# Which dataset (report.paper) each table was published on.
-TABLE_DATASET = {"table1": "hyper_kvasir", "table2": "isic_archive_lt", "table3": "isic2019_lt",
-                 "table4": "hyper_kvasir", "table5": "isic_archive_lt"}
-DATASETS = sorted(set(TABLE_DATASET.values()))
+# Which dataset (report.paper) each table was published on: lmdlt/report/registry.py (TABLES).
 
 
 def _pct(v):

@@ -23,6 +23,7 @@ import pandas as pd
 
 from ..io import atomic_path, read_json
 from . import paper_numbers
+from .registry import TABLES
 from .stats import compare_runs
 
 METRIC_NAMES = {
@@ -124,26 +125,26 @@ def aggregate_table(spec: dict) -> pd.DataFrame:
                 rec[f"{m}_paper_std"] = pv[1] if pv and pv[1] is not None else float("nan")
                 rec[f"{m}_diff"] = rec[f"{m}_mean"] - pv[0] if pv else float("nan")
         records.append(rec)
-    if spec["table"] == "table5":  # the paper's four combinations, the absent ones marked
-        from .spec import TABLE5_ALL, _sweep_label
-
-        have = {tuple(r["values"][k] for k in ("e_sampler", "m_sampler")) for r in spec["rows"]
-                if r.get("values")}
-        for e, m in TABLE5_ALL:
-            if (e, m) not in have:
-                label = _sweep_label("table5", {"e_sampler": e, "m_sampler": m}, None, None, None)
-                rec = {**{k: v for k, v in records[0].items() if not k.startswith(tuple(spec["metrics"]))},
-                       "row": label, "run": "", "stage1": "", "stage2": "", "is_lmd": False,
-                       "paper_row": json.dumps([e, m]), "n_seeds_expected": 0}
-                for metric in list(spec["metrics"]) + EXTRA_METRICS:
-                    rec[f"{metric}_mean"] = rec[f"{metric}_std"] = float("nan")
-                    rec[f"{metric}_n"] = 0
-                    if metric in spec["metrics"]:
-                        pv = (paper_numbers.paper_value("table5", [e, m], metric) if spec.get("paper") else None)
-                        rec[f"{metric}_paper"] = pv[0] if pv else float("nan")
-                        rec[f"{metric}_paper_std"] = pv[1] if pv else float("nan")
-                        rec[f"{metric}_diff"] = float("nan")
-                records.append(rec)
+    kind = TABLES.get(spec["table"])
+    if kind is not None and kind.grid:  # every combination of the grid, those not run marked
+        have = {tuple(r["values"][k] for k in kind.vary) for r in spec["rows"] if r.get("values")}
+        for point in kind.grid:
+            if point in have:
+                continue
+            values = dict(zip(kind.vary, point))
+            key = kind.paper_key(values)
+            rec = {**{k: v for k, v in records[0].items() if not k.startswith(tuple(spec["metrics"]))},
+                   "row": kind.row_label(values), "run": "", "stage1": "", "stage2": "",
+                   "is_lmd": False, "paper_row": json.dumps(key), "n_seeds_expected": 0}
+            for metric in list(spec["metrics"]) + EXTRA_METRICS:
+                rec[f"{metric}_mean"] = rec[f"{metric}_std"] = float("nan")
+                rec[f"{metric}_n"] = 0
+                if metric in spec["metrics"]:
+                    pv = (paper_numbers.paper_value(spec["table"], key, metric) if spec.get("paper") else None)
+                    rec[f"{metric}_paper"] = pv[0] if pv else float("nan")
+                    rec[f"{metric}_paper_std"] = pv[1] if pv else float("nan")
+                    rec[f"{metric}_diff"] = float("nan")
+            records.append(rec)
     table = pd.DataFrame.from_records(records)
     table["main_metric"] = spec.get("main_metric", "bacc")
     for c in ("vs_lmd_diff", "vs_lmd_lo", "vs_lmd_hi", "vs_lmd_p"):
@@ -162,11 +163,8 @@ def aggregate_table(spec: dict) -> pd.DataFrame:
             table.loc[i, ["vs_lmd_diff", "vs_lmd_lo", "vs_lmd_hi", "vs_lmd_p", "vs_lmd_confidence"]] = [
                 res["diff"], res["lo"], res["hi"], res["p"], res["confidence"]]
             table.loc[i, "vs_lmd_resamples"] = res["resamples"]
-    if spec["table"] == "table5":
-        from .spec import TABLE5_ALL, _sweep_label
-
-        order = [_sweep_label("table5", {"e_sampler": e, "m_sampler": m}, None, None, None)
-                 for e, m in TABLE5_ALL]
+    if kind is not None and kind.grid:
+        order = [kind.row_label(dict(zip(kind.vary, point))) for point in kind.grid]
         rank = {label: i for i, label in enumerate(order)}
         table = table.iloc[sorted(range(len(table)), key=lambda i: rank.get(table["row"].iloc[i], len(order)))]
         table = table.reset_index(drop=True)
@@ -175,7 +173,7 @@ def aggregate_table(spec: dict) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- rendering (from CSVs only)
 
-def _pct(v: float) -> str:
+def pct(v: float) -> str:
     return f"{100 * v:.2f}"
 
 
@@ -186,7 +184,7 @@ def _best(table: pd.DataFrame, m: str) -> float:
     return col.min() if m in LOWER_IS_BETTER else col.max()
 
 
-def _cells(table: pd.DataFrame, metrics: list[str]) -> dict[tuple[str, str], tuple[str, bool, bool]]:
+def cell_texts(table: pd.DataFrame, metrics: list[str]) -> dict[tuple[str, str], tuple[str, bool, bool]]:
     """(row, metric) -> (text, is_best, fewer_seeds)."""
     out = {}
     for m in metrics:
@@ -197,14 +195,17 @@ def _cells(table: pd.DataFrame, metrics: list[str]) -> dict[tuple[str, str], tup
                 out[(r["row"], m)] = ("not run" if not str(r["run"] or "") else "–", False, False)
                 continue
             fewer = 0 < int(r[f"{m}_n"]) < int(r["n_seeds_expected"])
-            text = _pct(mean) if int(r[f"{m}_n"]) < 2 else f"{_pct(mean)} ± {_pct(std)}"  # no "± 0.00" for one seed
+            text = pct(mean) if int(r[f"{m}_n"]) < 2 else f"{pct(mean)} ± {pct(std)}"  # no "± 0.00" for one seed
             out[(r["row"], m)] = (text, bool(np.isclose(mean, best)), fewer)
     return out
 
 
-def _groups(tables: list[pd.DataFrame]) -> list[tuple[str | None, pd.DataFrame]]:
-    """Column groups: one per experiment; labelled by r for Table 3, unlabelled when single."""
-    if len(tables) == 1 and tables[0]["table"].iloc[0] != "table3":
+def column_groups(tables: list[pd.DataFrame]) -> list[tuple[str | None, pd.DataFrame]]:
+    """Column groups: one per experiment, labelled by its imbalance ratio (or its name); one
+    unlabelled group for a single experiment's table, unless its kind has ``columns_by_ratio``
+    (Table 3)."""
+    kind = TABLES.get(tables[0]["table"].iloc[0])
+    if len(tables) == 1 and not (kind is not None and kind.columns_by_ratio):
         return [(None, tables[0])]
     out = []
     for t in sorted(tables, key=lambda t: float(t["imbalance_ratio"].iloc[0] or 0)):
@@ -213,11 +214,11 @@ def _groups(tables: list[pd.DataFrame]) -> list[tuple[str | None, pd.DataFrame]]
     return out
 
 
-def _row_order(tables: list[pd.DataFrame]) -> list[str]:
+def row_order(tables: list[pd.DataFrame]) -> list[str]:
     return list(dict.fromkeys(row for t in tables for row in t["row"]))
 
 
-def _metrics_of(table: pd.DataFrame) -> list[str]:
+def metrics_of(table: pd.DataFrame) -> list[str]:
     return [c[:-len("_paper")] for c in table.columns if c.endswith("_paper") and not c.endswith("_std")]
 
 
@@ -227,16 +228,16 @@ def notes(tables: list[pd.DataFrame]) -> list[str]:
     t0 = tables[0]
     lines.append(f"Test split, in %: mean ± sample standard deviation over seeds {t0['seeds'].iloc[0]} "
                  "(per-run metric files). Best mean per column in bold.")
-    if str(t0["group_rule"].iloc[0] or "") and any(m in _metrics_of(t0) for m in ("head_bacc", "tail_bacc")):
+    if str(t0["group_rule"].iloc[0] or "") and any(m in metrics_of(t0) for m in ("head_bacc", "tail_bacc")):
         lines.append(str(t0["group_rule"].iloc[0]))
-    for label, t in _groups(tables):
+    for label, t in column_groups(tables):
         where = f" ({label})" if label else ""
         absent = t[t["run"].fillna("").astype(str) == ""]["row"].tolist()
         if absent:
             lines.append(f"Not in this config{where} (no run declared or found): {'; '.join(absent)}.")
         for _, r in t.iterrows():
             short = [f"{METRIC_NAMES.get(m, m)} {int(r[f'{m}_n'])}/{int(r['n_seeds_expected'])}"
-                     for m in _metrics_of(t) + EXTRA_METRICS
+                     for m in metrics_of(t) + EXTRA_METRICS
                      if f"{m}_n" in r and int(r[f"{m}_n"]) < int(r["n_seeds_expected"])]
             if short:
                 lines.append(f"† {r['row']}{where}: fewer seeds than declared for "
@@ -254,39 +255,39 @@ def notes(tables: list[pd.DataFrame]) -> list[str]:
                          f"resamples of the test images (the same images for both runs; per-seed "
                          f"differences averaged over seeds): " + "; ".join(parts) + ".")
         if "ece_mean" in t and t["ece_mean"].notna().any():
-            parts = [f"{r['row']} {_pct(r['ece_mean'])} ± {_pct(r['ece_std'])}" for _, r in t.iterrows()
+            parts = [f"{r['row']} {pct(r['ece_mean'])} ± {pct(r['ece_std'])}" for _, r in t.iterrows()
                      if pd.notna(r["ece_mean"])]
             lines.append(f"Expected calibration error{where} (top-1, 15 equal-width bins, %, lower is "
                          "better): " + "; ".join(parts) + ".")
     return lines
 
 
-def _paper_rows(tables):
-    return any(t[f"{m}_paper"].notna().any() for t in tables for m in _metrics_of(t))
+def has_paper_numbers(tables):
+    return any(t[f"{m}_paper"].notna().any() for t in tables for m in metrics_of(t))
 
 
 def to_markdown(tables: list[pd.DataFrame], title: str, extra_notes: list[str] = ()) -> str:
-    groups = _groups(tables)
-    rows = _row_order(tables)
+    groups = column_groups(tables)
+    rows = row_order(tables)
     head = ["Method"]
     for label, t in groups:
-        head += [f"{METRIC_NAMES.get(m, m)} (%)" + (f" [{label}]" if label else "") for m in _metrics_of(t)]
+        head += [f"{METRIC_NAMES.get(m, m)} (%)" + (f" [{label}]" if label else "") for m in metrics_of(t)]
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    cells = [(t, _cells(t, _metrics_of(t))) for _, t in groups]
+    cells = [(t, cell_texts(t, metrics_of(t))) for _, t in groups]
     for row in rows:
         out = [row]
         for t, c in cells:
-            for m in _metrics_of(t):
+            for m in metrics_of(t):
                 text, best, fewer = c.get((row, m), ("not run", False, False))
                 text = f"**{text}**" if best else text
                 out.append(text + (" †" if fewer else ""))
         lines.append("| " + " | ".join(out) + " |")
     lines += [""] + notes(tables) + list(extra_notes)
-    if _paper_rows(tables):
+    if has_paper_numbers(tables):
         lines += ["", f"## Side by side with the paper ({tables[0]['paper'].iloc[0]})", ""]
         ph = ["Method"]
         for label, t in groups:
-            for m in _metrics_of(t):
+            for m in metrics_of(t):
                 name = METRIC_NAMES.get(m, m) + (f" [{label}]" if label else "")
                 ph += [f"{name} ours", f"{name} paper", f"{name} Δ"]
         lines += ["| " + " | ".join(ph) + " |", "|" + "---|" * len(ph)]
@@ -295,14 +296,14 @@ def to_markdown(tables: list[pd.DataFrame], title: str, extra_notes: list[str] =
             any_paper = False
             for _, t in groups:
                 sel = t[t["row"] == row]
-                for m in _metrics_of(t):
+                for m in metrics_of(t):
                     if sel.empty or pd.isna(sel[f"{m}_paper"].iloc[0]):
                         out += ["–", "–", "–"]
                         continue
                     any_paper = True
                     r = sel.iloc[0]
-                    ours = "–" if pd.isna(r[f"{m}_mean"]) else _pct(r[f"{m}_mean"])
-                    paper = _pct(r[f"{m}_paper"]) + ("" if pd.isna(r[f"{m}_paper_std"]) else f" ± {_pct(r[f'{m}_paper_std'])}")
+                    ours = "–" if pd.isna(r[f"{m}_mean"]) else pct(r[f"{m}_mean"])
+                    paper = pct(r[f"{m}_paper"]) + ("" if pd.isna(r[f"{m}_paper_std"]) else f" ± {pct(r[f'{m}_paper_std'])}")
                     diff = "–" if pd.isna(r[f"{m}_diff"]) else f"{100 * r[f'{m}_diff']:+.2f}"
                     out += [ours, paper, diff]
             if any_paper:
@@ -323,27 +324,27 @@ def tex_escape(text: str) -> str:
 
 
 def to_latex(tables: list[pd.DataFrame], title: str, label: str, extra_notes: list[str] = ()) -> str:
-    groups = _groups(tables)
-    rows = _row_order(tables)
-    ncol = 1 + sum(len(_metrics_of(t)) for _, t in groups)
+    groups = column_groups(tables)
+    rows = row_order(tables)
+    ncol = 1 + sum(len(metrics_of(t)) for _, t in groups)
     lines = [r"% generated by lmdlt (requires \usepackage{booktabs})", r"\begin{table}[t]", r"\centering",
              rf"\caption{{{tex_escape(title)}}}", rf"\label{{tab:{label}}}", r"\small",
              r"\begin{tabular}{l" + "c" * (ncol - 1) + "}", r"\toprule"]
     if any(lbl for lbl, _ in groups):
         head, rules, col = [""], [], 2
         for lbl, t in groups:
-            n = len(_metrics_of(t))
+            n = len(metrics_of(t))
             head.append(rf"\multicolumn{{{n}}}{{c}}{{{tex_escape(lbl or '')}}}")
             rules.append(rf"\cmidrule(lr){{{col}-{col + n - 1}}}")
             col += n
         lines += [" & ".join(head) + r" \\", " ".join(rules)]
-    names = ["Method"] + [f"{METRIC_NAMES.get(m, m)} (%)" for _, t in groups for m in _metrics_of(t)]
+    names = ["Method"] + [f"{METRIC_NAMES.get(m, m)} (%)" for _, t in groups for m in metrics_of(t)]
     lines += [" & ".join(tex_escape(n) for n in names) + r" \\", r"\midrule"]
-    cells = [(t, _cells(t, _metrics_of(t))) for _, t in groups]
+    cells = [(t, cell_texts(t, metrics_of(t))) for _, t in groups]
     for row in rows:
         out = [tex_escape(row)]
         for t, c in cells:
-            for m in _metrics_of(t):
+            for m in metrics_of(t):
                 text, best, fewer = c.get((row, m), ("not run", False, False))
                 text = tex_escape(text) + (r"$^\dagger$" if fewer else "")
                 out.append(rf"\textbf{{{text}}}" if best else text)

@@ -19,33 +19,7 @@ import copy
 from typing import Any
 
 from ..config import ConfigError, pairs, row_label
-
-# The paper's tables: their columns (metric keys of metrics.json) and, for sweeps, the varied
-# parameters. Table 3's column group is the experiment's imbalance ratio.
-TABLE_KINDS: dict[str, dict[str, Any]] = {
-    "table1": {"metrics": ["auc", "f1", "kappa_quadratic", "precision", "recall"],
-               "title": "Table 1: comparisons (AUC, F1, Kappa, Precision, Recall)"},
-    "table2": {"metrics": ["head_bacc", "medium_bacc", "tail_bacc", "bacc"],
-               "title": "Table 2: comparisons (BACC of head / medium / tail / all classes)"},
-    "table3": {"metrics": ["auc", "bacc"],
-               "title": "Table 3: comparisons across imbalance ratios (AUC, BACC)"},
-    "table4": {"metrics": ["auc", "bacc", "f1", "kappa_quadratic", "precision"],
-               "vary": ["lambda_e"], "title": "Table 4: loss weight lambda_e of the E-step (FDC)"},
-    "table5": {"metrics": ["head_bacc", "medium_bacc", "tail_bacc", "bacc"],
-               "vary": ["e_sampler", "m_sampler"],
-               "title": "Table 5: class-balanced vs uniform sampling in the E- and M-step"},
-}
-FIGURE_KINDS = {
-    "fig3": {"x": "virtual_per_class", "xlabel": "R (virtual features per class)",
-             "metrics": ["head_bacc", "medium_bacc", "tail_bacc"]},
-    "fig6": {"x": "iterations", "xlabel": "J (ICC iterations)",
-             "metrics": ["auc", "bacc", "f1", "kappa_quadratic", "precision"]},
-    "fig7": {"x": "lambda_1", "xlabel": "lambda_1 (RRL consistency weight)",
-             "metrics": ["auc", "bacc", "f1", "kappa_quadratic", "precision"]},
-}
-TABLE5_ALL = [("instance", "instance"), ("class_balanced", "instance"),
-              ("class_balanced", "class_balanced"), ("instance", "class_balanced")]
-
+from .registry import FIGURES, TABLES
 
 def parse_run(config: dict, run: str, where: str) -> tuple[str, str | None]:
     """``"s1"`` or ``"s1/s2"`` -> (s1, s2), checked against the config's evaluated pairs."""
@@ -82,7 +56,9 @@ def param_value(config: dict, s1: str, s2: str | None, name: str):
     for place in places:
         if name in place:
             return place[name]
-    raise KeyError(f"run {run_name(s1, s2)!r} has no setting {name!r}")
+    from ..errors import NotFoundError
+
+    raise NotFoundError(f"run {run_name(s1, s2)!r} has no setting {name!r}")
 
 
 def sweep_runs(config: dict, reference: str, vary: list[str], where: str) -> list[tuple[str, str | None]]:
@@ -131,42 +107,56 @@ def _row(config, s1, s2, paths, label=None, **extra) -> dict:
             **extra}
 
 
+def results_rows(config: dict, paths: dict) -> list[dict]:
+    """The results table's rows, one per evaluated run: its label, variants, per-seed metric
+    files and ``row_checks`` (``lmdlt report-table``, the per-class recall figure, the
+    provenance page)."""
+    out = []
+    for s1, s2 in pairs(config):
+        metrics = paths["stage1_metrics"] if s2 is None else paths["stage2_metrics"]
+        out.append({"row": row_label(config, s1, s2), "stage1": s1, "stage2": s2,
+                    "files": {str(seed): metrics.format(seed=seed, s1=s1, s2=s2)
+                              for seed in config["seeds"]},
+                    **row_checks(config, s1, s2)})
+    return out
+
+
 def table_specs(config: dict, paths: dict) -> dict[str, dict]:
     """{table name: spec} for every declared table: rows with their files, metrics, title,
     the paper dataset when it matches, the LMD run for the paired comparisons."""
     rep = config.get("report", {})
     out = {}
     for name, decl in (rep.get("tables") or {}).items():
-        if name not in TABLE_KINDS:
-            raise ConfigError(f"report.tables.{name}: unknown table (known: {', '.join(TABLE_KINDS)})")
-        kind = TABLE_KINDS[name]
+        if name not in TABLES:
+            raise ConfigError(f"report.tables.{name}: unknown table (known: {', '.join(TABLES)})")
+        kind = TABLES[name]
         where = f"report.tables.{name}"
         rows = []
         for i, r in enumerate(decl.get("rows") or []):
             s1, s2 = parse_run(config, r["run"], f"{where}.rows[{i}]")
             rows.append(_row(config, s1, s2, paths, r.get("label"), paper=r.get("paper")))
         if decl.get("reference"):
-            vary = decl.get("vary") or kind.get("vary")
+            vary = list(decl.get("vary") or kind.vary)
             if not vary:
                 raise ConfigError(f"{where}.vary: name the settings the rows differ in")
             for s1, s2 in sweep_runs(config, decl["reference"], vary, f"{where}.reference"):
                 values = {v: param_value(config, s1, s2, v) for v in vary}
                 if any(r["run"] == run_name(s1, s2) for r in rows):
                     continue
-                rows.append(_row(config, s1, s2, paths, _sweep_label(name, values, config, s1, s2),
-                                 values=values, paper=_sweep_paper_key(name, values)))
-            rows = _sort_sweep(name, rows)
+                label = kind.row_label(values) or row_label(config, s1, s2)
+                rows.append(_row(config, s1, s2, paths, label, values=values,
+                                 paper=kind.paper_key(values)))
+            rows = sort_sweep_rows(kind, rows)
         if not rows:
             raise ConfigError(f"{where}: no rows (give rows: [...] or reference: s1/s2)")
         lmd = decl.get("lmd", rep.get("lmd"))
         if lmd is not None:
             parse_run(config, lmd, f"{where}.lmd")
         paper = rep.get("paper")
-        from .paper_numbers import TABLE_DATASET
         out[name] = {
-            "table": name, "title": decl.get("title") or kind["title"],
-            "metrics": decl.get("metrics") or kind["metrics"], "rows": rows,
-            "paper": paper if paper == TABLE_DATASET[name] else None,
+            "table": name, "title": decl.get("title") or kind.title,
+            "metrics": decl.get("metrics") or list(kind.metrics), "rows": rows,
+            "paper": paper if paper is not None and paper == kind.paper else None,
             "imbalance_ratio": config["split"].get("imbalance_ratio"),
             "experiment": config["dataset"]["name"],
             "lmd": lmd if lmd in {r["run"] for r in rows} else None,
@@ -175,6 +165,23 @@ def table_specs(config: dict, paths: dict) -> dict[str, dict]:
             "seeds": list(config["seeds"]),
         }
     return out
+
+
+def grid_position(kind, values: dict | None) -> int:
+    """Where a row with these varied values stands in the kind's ``grid`` (after it when not
+    in it, or when the row is a listed one)."""
+    point = tuple((values or {}).get(v) for v in kind.vary) if values else None
+    return kind.grid.index(point) if point in kind.grid else len(kind.grid)
+
+
+def sort_sweep_rows(kind, rows: list[dict]) -> list[dict]:
+    """A sweep's rows in the kind's order: its ``grid``'s, else its ``order`` key's, else the
+    config's."""
+    if kind.grid:
+        return sorted(rows, key=lambda r: grid_position(kind, r.get("values")))
+    if kind.order is not None:
+        return sorted(rows, key=lambda r: kind.order(r.get("values")))
+    return rows
 
 
 def _fine_tunes_encoder(config: dict, s2: str | None) -> bool:
@@ -187,109 +194,94 @@ def _fine_tunes_encoder(config: dict, s2: str | None) -> bool:
     return bool(get_method("stage2", config["stage2"][s2]["method"]).needs_encoder)
 
 
-def _sweep_label(table, values, config, s1, s2) -> str:
-    if table == "table5":
-        names = {"instance": "uniform", "class_balanced": "class-balanced"}
-        return (f"E {names.get(values['e_sampler'], values['e_sampler'])}, "
-                f"M {names.get(values['m_sampler'], values['m_sampler'])}")
-    if len(values) == 1:
-        (k, v), = values.items()
-        if isinstance(v, float) and v != 0 and abs(v) < 0.1:
-            return f"{k} = {v:.0e}"
-        return f"{k} = {v:g}" if isinstance(v, (int, float)) else f"{k} = {v}"
-    return row_label(config, s1, s2)
-
-
-def _sweep_paper_key(table, values):
-    if table == "table4" and "lambda_e" in values:
-        return values["lambda_e"]
-    if table == "table5" and {"e_sampler", "m_sampler"} <= set(values):
-        return [values["e_sampler"], values["m_sampler"]]
-    return None
-
-
-def _sort_sweep(table, rows):
-    if table == "table4":
-        return sorted(rows, key=lambda r: -float(r.get("values", {}).get("lambda_e", float("inf"))))
-    if table == "table5":
-        def key(r):
-            v = r.get("values")
-            pair = (v["e_sampler"], v["m_sampler"]) if v else None
-            return TABLE5_ALL.index(pair) if pair in TABLE5_ALL else len(TABLE5_ALL)
-        return sorted(rows, key=key)
-    return rows
-
-
 def figure_specs(config: dict, paths: dict) -> dict[str, dict]:
-    """{figure name: spec} for every declared figure (fig3, fig6, fig7, tsne, class_distribution)."""
+    """{figure name: spec} for every declared figure, resolved by its kind's family
+    (``lmdlt.report.registry.FIGURES``)."""
     rep = config.get("report", {})
     out = {}
     for name, decl in (rep.get("figures") or {}).items():
         where = f"report.figures.{name}"
-        if name in FIGURE_KINDS:
-            kind = FIGURE_KINDS[name]
-            x = decl.get("x") or kind["x"]
-            vary = sorted(set(decl.get("vary") or []) | {x})
-            series = []
-            for ref in decl["references"]:
-                points = []
-                for s1, s2 in sweep_runs(config, ref, vary, f"{where}.references"):
-                    try:
-                        xv = param_value(config, s1, s2, x)
-                    except KeyError:
-                        raise ConfigError(f"{where}: run {run_name(s1, s2)!r} has no setting {x!r}") from None
-                    bench = None
-                    if s2 is not None:
-                        bench = {str(s): paths["stage2_benchmark"].format(seed=s, s1=s1, s2=s2)
-                                 for s in config["seeds"]}
-                    also = {}
-                    for v in vary:
-                        if v != x:
-                            try:
-                                also[v] = param_value(config, s1, s2, v)
-                            except KeyError:
-                                also[v] = None
-                    points.append({**_row(config, s1, s2, paths), "x": xv, "benchmarks": bench,
-                                   "also": also})
-                points.sort(key=lambda p: p["x"])
-                r1, r2 = parse_run(config, ref, where)
-                # the series is named by its encoder and stage-2 method, not by the reference's
-                # own label (which often names its swept value, e.g. "ICC (J 5)")
-                label = row_label(config, r1, None)
-                if r2 is not None:
-                    label += f" + {config['stage2'][r2]['method'].upper()}"
-                series.append({"reference": ref, "label": label, "points": points})
-            baseline = None
-            if decl.get("baseline"):
-                b1, b2 = parse_run(config, decl["baseline"], f"{where}.baseline")
-                baseline = _row(config, b1, b2, paths)
-            out[name] = {"figure": name, "x": x, "xlabel": kind["xlabel"] if x == kind["x"] else x,
-                         "metrics": decl.get("metrics") or kind["metrics"], "series": series,
-                         "baseline": baseline, "time": name == "fig6",
-                         "title": decl.get("title") or "", "experiment": config["dataset"]["name"]}
-        elif name == "tsne":
-            runs = []
-            for i, r in enumerate(decl["runs"]):
-                s1, s2 = parse_run(config, r, f"{where}.runs[{i}]")
-                seed = decl.get("seed", config["seeds"][0])
-                if seed not in config["seeds"]:
-                    raise ConfigError(f"{where}.seed: {seed} is not one of the seeds {config['seeds']}")
-                fine_tuned = _fine_tunes_encoder(config, s2)
-                runs.append({"row": row_label(config, s1, s2), "run": run_name(s1, s2),
-                             "stage1": s1, "stage2": s2,
-                             # ICC: the fine-tuned encoder's features, in its predictions file
-                             "features": paths["predictions" if fine_tuned else "features"].format(
-                                 seed=seed, s1=s1, s2=s2),
-                             "encoder_fine_tuned": fine_tuned})
-            out[name] = {"figure": name, "runs": runs, "split": decl.get("split", "test"),
-                         "max_per_class": decl.get("max_per_class", 200),
-                         "perplexity": decl.get("perplexity", 30.0), "seed": decl.get("seed", config["seeds"][0]),
-                         "experiment": config["dataset"]["name"]}
-        elif name == "class_distribution":
-            if decl is False:
-                continue
-            out[name] = {"figure": name, "splits": {str(s): paths["split"].format(seed=s) for s in config["seeds"]},
-                         "experiment": config["dataset"]["name"]}
-        else:
-            raise ConfigError(f"{where}: unknown figure (known: fig3, fig6, fig7, tsne, class_distribution)")
+        if name not in FIGURES:
+            raise ConfigError(f"{where}: unknown figure (known: {', '.join(FIGURES)})")
+        spec = _FAMILY_SPECS[FIGURES[name].family](config, paths, name, decl, where)
+        if spec is not None:
+            out[name] = spec
     return out
+
+
+def _sweep_figure_spec(config, paths, name, decl, where) -> dict:
+    """Metrics against the swept setting ``x``: one series per reference run, its points the runs
+    equal to it except in ``x`` and ``vary``."""
+    kind = FIGURES[name]
+    x = decl.get("x") or kind.x
+    vary = sorted(set(decl.get("vary") or []) | {x})
+    series = []
+    for ref in decl["references"]:
+        points = []
+        for s1, s2 in sweep_runs(config, ref, vary, f"{where}.references"):
+            try:
+                xv = param_value(config, s1, s2, x)
+            except KeyError:
+                raise ConfigError(f"{where}: run {run_name(s1, s2)!r} has no setting {x!r}") from None
+            bench = None
+            if s2 is not None:
+                bench = {str(s): paths["stage2_benchmark"].format(seed=s, s1=s1, s2=s2)
+                         for s in config["seeds"]}
+            also = {}
+            for v in vary:
+                if v != x:
+                    try:
+                        also[v] = param_value(config, s1, s2, v)
+                    except KeyError:
+                        also[v] = None
+            points.append({**_row(config, s1, s2, paths), "x": xv, "benchmarks": bench,
+                           "also": also})
+        points.sort(key=lambda p: p["x"])
+        r1, r2 = parse_run(config, ref, where)
+        # the series is named by its encoder and stage-2 method, not by the reference's
+        # own label (which often names its swept value, e.g. "ICC (J 5)")
+        label = row_label(config, r1, None)
+        if r2 is not None:
+            label += f" + {config['stage2'][r2]['method'].upper()}"
+        series.append({"reference": ref, "label": label, "points": points})
+    baseline = None
+    if decl.get("baseline"):
+        b1, b2 = parse_run(config, decl["baseline"], f"{where}.baseline")
+        baseline = _row(config, b1, b2, paths)
+    return {"figure": name, "x": x, "xlabel": kind.xlabel if x == kind.x else x,
+            "metrics": decl.get("metrics") or list(kind.metrics), "series": series,
+            "baseline": baseline, "time": kind.time,
+            "title": decl.get("title") or "", "experiment": config["dataset"]["name"]}
+
+
+def _tsne_spec(config, paths, name, decl, where) -> dict:
+    """The t-SNE of the declared runs' features (ICC: the fine-tuned encoder's)."""
+    runs = []
+    for i, r in enumerate(decl["runs"]):
+        s1, s2 = parse_run(config, r, f"{where}.runs[{i}]")
+        seed = decl.get("seed", config["seeds"][0])
+        if seed not in config["seeds"]:
+            raise ConfigError(f"{where}.seed: {seed} is not one of the seeds {config['seeds']}")
+        fine_tuned = _fine_tunes_encoder(config, s2)
+        runs.append({"row": row_label(config, s1, s2), "run": run_name(s1, s2),
+                     "stage1": s1, "stage2": s2,
+                     # ICC: the fine-tuned encoder's features, in its predictions file
+                     "features": paths["predictions" if fine_tuned else "features"].format(
+                         seed=seed, s1=s1, s2=s2),
+                     "encoder_fine_tuned": fine_tuned})
+    return {"figure": name, "runs": runs, "split": decl.get("split", "test"),
+            "max_per_class": decl.get("max_per_class", 200),
+            "perplexity": decl.get("perplexity", 30.0), "seed": decl.get("seed", config["seeds"][0]),
+            "experiment": config["dataset"]["name"]}
+
+
+def _class_distribution_spec(config, paths, name, decl, where) -> dict | None:
+    """Images per class of every split, per seed (``false``: not drawn)."""
+    if decl is False:
+        return None
+    return {"figure": name, "splits": {str(s): paths["split"].format(seed=s) for s in config["seeds"]},
+            "experiment": config["dataset"]["name"]}
+
+
+_FAMILY_SPECS = {"sweep": _sweep_figure_spec, "tsne": _tsne_spec,
+                 "class_distribution": _class_distribution_spec}

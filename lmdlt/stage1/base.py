@@ -15,7 +15,6 @@ from ..method_registry import MethodRegistry
 # modules of this package that define no method (imported by the methods needing them)
 _METHODS = MethodRegistry("stage1", __name__.rpartition(".")[0], Path(__file__).parent,
                           {"base", "trainer"})
-_REGISTRY = _METHODS.classes
 
 
 class SharpnessStep:

@@ -14,7 +14,6 @@ from ..resume import ResumeState
 # modules of this package that define no method (imported by the methods needing them)
 _METHODS = MethodRegistry("stage2", __name__.rpartition(".")[0], Path(__file__).parent,
                           {"base", "guards", "linear", "runner"})
-_REGISTRY = _METHODS.classes
 
 
 class Stage2Method(abc.ABC):

@@ -5,7 +5,8 @@ import os
 import sys
 
 from lmdlt.config import ConfigError, check_data_root, pairs, row_label, validate_config
-from lmdlt.report.spec import row_checks
+from lmdlt.report.registry import figure_caption, report_args
+from lmdlt.report.targets import ReportTargets
 from lmdlt.stamps import write_params_stamp
 
 # `--configfile` files are deep-merged over the Snakefile's config.yaml, which would leak the
@@ -36,11 +37,37 @@ STAGE2_METRICS = f"{ROOT}/seed{{seed}}/stage2/{{s1}}/{{s2}}/metrics.json"
 LOGS = f"{ROOT}/logs"
 BENCHMARKS = f"{ROOT}/benchmarks"
 
-REPORT_TABLE_MD = f"{ROOT}/tables/results.md"
-REPORT_TABLE_CSV = f"{ROOT}/tables/results.csv"
-REPORT_FIGURE = f"{ROOT}/figures/per_class_recall.png"
-REPORT_FIGURE_PDF = f"{ROOT}/figures/per_class_recall.pdf"
-REPORT_FILES = [REPORT_TABLE_MD, REPORT_TABLE_CSV, REPORT_FIGURE, REPORT_FIGURE_PDF]
+TABLES = f"{ROOT}/tables"
+FIGURES = f"{ROOT}/figures"
+
+# What the report makes, resolved once (lmdlt.report.targets): every table, figure and page the
+# config declares, their specs and files. A declared row or run the config lacks stops the run.
+try:
+    REPORT = ReportTargets(
+        config,
+        {
+            "stage1_metrics": STAGE1_METRICS,
+            "stage2_metrics": STAGE2_METRICS,
+            "features": FEATURES,
+            "predictions": PREDICTIONS,
+            "stage2_benchmark": f"{BENCHMARKS}/seed{{seed}}/stage2_{{s1}}_{{s2}}.tsv",
+            "split": SPLIT,
+        },
+    )
+except ConfigError as e:
+    raise WorkflowError(f"invalid config: {e}")
+
+
+def get_final_output():
+    """Every target of the run (rule all): the report's tables, figures and pages, which pull
+    in every run they aggregate (lmdlt.report.targets.ReportTargets.final_outputs)."""
+    return REPORT.final_outputs()
+
+
+def report_output(path, entry, fmt=None, **names):
+    """An output shown in `snakemake --report` as lmdlt.report.registry.ENTRIES[entry] says
+    (caption, category, labels; `fmt` adds the format label: md, csv, tex, html)."""
+    return report(path, **report_args(entry, fmt, **names))
 
 
 def _stage2_variants(needs_encoder):
@@ -169,22 +196,3 @@ onsuccess:
 
 onerror:
     JOB_SERVER.stop()
-
-
-def metrics_file(s1, s2, seed):
-    if s2 is None:
-        return STAGE1_METRICS.format(seed=seed, s1=s1)
-    return STAGE2_METRICS.format(seed=seed, s1=s1, s2=s2)
-
-
-def report_rows():
-    return [
-        {
-            "row": row_label(config, s1, s2),
-            "stage1": s1,
-            "stage2": s2,
-            "files": {str(seed): metrics_file(s1, s2, seed) for seed in SEEDS},
-            **row_checks(config, s1, s2),
-        }
-        for s1, s2 in pairs(config)
-    ]

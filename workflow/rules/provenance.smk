@@ -1,0 +1,27 @@
+# The run's config and provenance, a page of the Snakemake report: the software versions, the
+# provenance of every metric file the tables are made from, and the config as the run used it
+# (also as a YAML download, for `snakemake --configfile`).
+
+
+def provenance_params():
+    # the page shows the whole config: it is this job's content, not a setting of one stage
+    return {"config": as_json(config), "rows": as_json(REPORT.rows)}
+
+
+rule report_provenance:
+    input:
+        [f for row in REPORT.rows for f in row["files"].values()],
+        params=lambda w: params_stamp(
+            [REPORT.provenance["html"], REPORT.provenance["yaml"]], provenance_params()
+        ),
+    output:
+        html=report_output(REPORT.provenance["html"], "provenance"),
+        yaml=report_output(REPORT.provenance["yaml"], "config"),
+    log:
+        f"{LOGS}/report_provenance.log",
+    localrule: True
+    params:
+        **provenance_params(),
+    shell:
+        "lmdlt report-html provenance --config {params.config:q} --rows {params.rows:q}"
+        " --out {output.html:q} --out-yaml {output.yaml:q} > {log:q} 2>&1"
