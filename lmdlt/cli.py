@@ -84,7 +84,7 @@ def _variant(stage: str, params):
 
 
 def _score(a, produced, stage1, stage2=None) -> None:
-    """Evaluation where the predictions are made (issue 16): the producer writes its
+    """Evaluation where the predictions are made: the producer writes its
     metrics.json itself, with the same guards and record as ``lmdlt evaluate``."""
     if a.metrics_out is not None:
         from .metrics import evaluate_file

@@ -1,4 +1,7 @@
-"""Evaluation metrics, all from scikit-learn on softmax probabilities (DESIGN.md §5)."""
+"""Evaluation metrics, all from scikit-learn on softmax probabilities: balanced accuracy (= macro
+recall; the LMD paper's "Recall" column equals it), accuracy, macro one-vs-rest AUC, macro F1 and
+precision, Cohen's kappa quadratic-weighted (as the paper, on nominal classes) and unweighted,
+per-class recall, and the expected calibration error."""
 from __future__ import annotations
 
 import logging

@@ -29,7 +29,7 @@ BASELINE_TESTS = ["tests/test_method_defaults.py", "tests/test_baselines_referen
                   "tests/test_stage2_methods.py", "tests/test_stage1_losses.py",
                   "tests/test_reference_schedules.py", "tests/test_baselines_mutants.py"]
 
-# the baselines (issue 14): every stage-1/stage-2 module but LMD's (rrl, icc, vfc, gaussian)
+# the baselines: every stage-1/stage-2 module but LMD's (rrl, icc, vfc, gaussian)
 BASELINE_MUTANTS = [
     ("lmdlt/stage1/focal.py", "return (-(1 - logp_t.exp()) ** gamma * logp_t).mean()",
      "return (-logp_t).mean()", "focal gamma ignored (plain CE)"),

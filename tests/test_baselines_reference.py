@@ -1,4 +1,4 @@
-"""Reference-faithful baselines (issue 14): GCL's second stage, CB+WD+Max's class-balanced loss
+"""Reference-faithful baselines: GCL's second stage, CB+WD+Max's class-balanced loss
 and relative per-epoch MaxNorm, post-hoc logit adjustment, Balanced Softmax and CE-DRW, each
 checked against a hand computation on fixed inputs or against what the method hands to the
 shared training loop (spies on ``train_linear`` and on the loss)."""

@@ -228,7 +228,7 @@ def _jobs(out: str, rule: str) -> int:
 
 @pytest.mark.realdata
 def test_results_page_experiment_dry_run(tmp_path, shared_data):
-    """issue 18: every row of the page's table is scheduled, every stage-1 row at one budget
+    """The results page's experiment: every row of the page's table is scheduled, every stage-1 row at one budget
     (16 px, width 8, 20 epochs, batch 128, lr 0.1), and the page is an output."""
     from snakemake.utils import update_config
 

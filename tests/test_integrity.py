@@ -1,4 +1,4 @@
-"""No silent wrong results (issue 15): image decoding of every pixel mode PIL opens, shell-quoted
+"""No silent wrong results: image decoding of every pixel mode PIL opens, shell-quoted
 paths, the default Snakemake profile, config-file syntax errors, and data checks that run before
 the image cache is built. docs/reliability.md lists what each test pins."""
 from __future__ import annotations
@@ -301,7 +301,8 @@ def snakemake_with_default_profile(work: Path, *args: str) -> subprocess.Complet
 
 
 def test_default_profile_is_where_snakemake_looks_for_it():
-    """With the Snakefile at the top level, Snakemake reads profiles/default (DESIGN.md §6)."""
+    """With the Snakefile at the top level, Snakemake reads profiles/default (a
+    workflow/profiles/default would silently not be applied)."""
     assert (REPO / "Snakefile").is_file()
     profile = REPO / "profiles" / "default" / "config.yaml"
     assert profile.is_file()

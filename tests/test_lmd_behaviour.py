@@ -1,6 +1,6 @@
 """LMD behaviour pinned by tests that fail under a one-line edit of rrl.py / icc.py / vfc.py.
 
-Each test names the edit it kills (issue 13's list): views swapped, teacher replaced by the
+Each test names the edit it kills: views swapped, teacher replaced by the
 student, KL reversed, a weight without effect, BatchNorm statistics from the strong view, a
 warm-up epoch kept, the E-step never stepping or using the stage-1 classifier, its sampler
 forced, FDC against zero means, milestones / select / features: real / eval_features ignored.

@@ -2,7 +2,7 @@ import pytest
 
 from lmdlt.data.longtail import cui_train_counts, lmd_keep_counts
 
-# ISIC 2019 class counts (DESIGN.md §3), sorted descending: NV MEL BCC BKL AK SCC VASC DF
+# ISIC 2019 training class counts without UNK, sorted descending: NV MEL BCC BKL AK SCC VASC DF
 ISIC2019 = [12875, 4522, 3323, 2624, 867, 628, 253, 239]
 
 

@@ -1,8 +1,8 @@
 """Every stage-1 and stage-2 method's default params against its paper / reference-code values,
-one row per value with its source beside it (issue 14, item 8).
+one row per value with its source beside it.
 
 Source tags: ``ref`` a reference repository (file:line), ``paper`` the paper (our copies in
-/work/shared/papers or the cited publication), ``design`` the checked facts of DESIGN.md §4,
+the cited publication), ``design`` a fact checked against the paper and the reference code,
 ``departure`` a value of ours that differs from the reference (the reference value is named),
 ``option`` a switch of ours with no paper value (its default keeps the paper's behaviour).
 Methods outside the LMD family must have a row for every param, so a new param without a source

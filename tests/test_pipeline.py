@@ -111,7 +111,9 @@ def test_table_is_the_aggregation_of_the_metric_files(default_run):
 
 
 def test_crt_beats_ce_on_the_default(default_run):
-    """The sanity check of DESIGN.md §7: class-balanced re-training helps the tail on digits-LT."""
+    """The sanity check: class-balanced re-training helps the tail on digits-LT (a 3-layer CNN
+    prototype gave BACC about 0.73 with CE, about 0.83 with cRT; if cRT does not beat CE here,
+    look for a bug)."""
     table = pd.read_csv(default_run / "results" / "digits-lt" / "tables" / "results.csv").set_index("row")
     assert table.loc["CE + cRT", "bacc_mean"] > table.loc["CE", "bacc_mean"]
     assert table.loc["CE + cRT", "tail_bacc_mean"] > table.loc["CE", "tail_bacc_mean"]

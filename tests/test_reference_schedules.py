@@ -1,4 +1,4 @@
-"""Issue 14 items 3-4: LDAM-DRW's (and CE-DRW's) reference learning-rate schedule and DRW-aware
+"""LDAM-DRW's (and CE-DRW's) reference learning-rate schedule and DRW-aware
 checkpoint selection; AdUni's alpha trajectory and log-prior logit compensation. Every expected
 value is written out by hand from the reference code or the paper's formula."""
 import math

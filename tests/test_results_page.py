@@ -1,4 +1,4 @@
-"""The results page is written by the pipeline from its CSVs (issue 18): every number on it is the
+"""The results page is written by the pipeline from its CSVs: every number on it is the
 CSVs', the reading follows the bootstrap intervals, and the committed page is what its committed
 CSVs render to."""
 import os
@@ -149,7 +149,7 @@ def test_the_budget_table_is_what_each_schedule_ended_at(tables):
 def test_the_committed_page_is_what_its_committed_csvs_render_to():
     page = REPO / "docs" / "results.md"
     if not (page.is_file() and (REPO / "docs" / "results" / "table.csv").is_file()):
-        pytest.skip("docs/results.md has not been generated yet (issue 18: the HAM10000-LT runs)")
+        pytest.skip("docs/results.md has not been generated yet (it needs the HAM10000-LT runs)")
     over = yaml.safe_load((REPO / "workflow/experiments/overlays/results-ham10000.yaml").read_text())
     meta = {"title": "Results", "table_title": "Results", "curve_note": "CE's validation BACC per epoch.",
             **over["report"]["results_page"]}

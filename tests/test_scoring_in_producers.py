@@ -1,5 +1,4 @@
-"""Evaluation where the predictions are made (issue 16) and provenance that closes the loop
-(issue 15, item 2): the producers' own metrics equal `lmdlt evaluate`'s, and every consumer
+"""Evaluation where the predictions are made and provenance that closes the loop: the producers' own metrics equal `lmdlt evaluate`'s, and every consumer
 (extraction, stage 2, ICC, evaluation, the report) refuses an input made for another config."""
 import json
 

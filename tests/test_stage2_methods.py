@@ -209,7 +209,7 @@ def test_cb_wd_max_keeps_every_class_weight_inside_the_max_norm_ball():
 
 
 def test_tau_norm_drops_a_non_zero_bias_in_selection_and_logits():
-    """The reference drops the bias (DESIGN §4); a large bias towards class 0 would make every
+    """The reference drops the bias (tau-normalisation rescales the weights only); a large bias towards class 0 would make every
     tau predict class 0 (BACC 1/3 everywhere, the smallest tau kept)."""
     clf = biased_classifier()
     clf["bias"] = np.array([50.0, 0.0, 0.0], np.float32)

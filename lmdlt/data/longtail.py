@@ -1,4 +1,5 @@
-"""Long-tail (Pareto / exponential) profiles, DESIGN.md §3.
+"""Long-tail (Pareto / exponential) profiles: how many images each class keeps for an imbalance
+ratio r (the LMD paper prints its formula garbled; its reference code is the authority).
 
 Two schemes, both with classes ordered by count (largest first) unless told otherwise:
 

@@ -1,5 +1,5 @@
 """The results page (docs/results.md), written by the pipeline from its table CSVs, so that no
-number on it is typed by hand (issue 18).
+number on it is typed by hand.
 
 Inputs: the experiment's comparison table (a paper-style table CSV with head / medium / tail /
 BACC means, standard deviations and the paired bootstrap against the reference row, ``vs_lmd_*``:

@@ -1,5 +1,5 @@
 """AdUni (Cong et al., MICCAI 2023, "Adaptive Unified Contrastive Learning for Imbalanced
-Classification"; paper text /work/shared/papers/001, reference code github.com/thomascong121/AdUni
+Classification"; reference code github.com/thomascong121/AdUni
 at 61d8c18): the adaptive unified contrastive loss AduC, batch contents only (no memory queue).
 Two views per image; f = L2-normalised projections (2-layer MLP), g = the network's classifier
 logits. For each of the 2N anchors i, with the classifier-branch entries
@@ -27,11 +27,11 @@ alpha: the paper's Eq. 3, alpha = omega(t) alpha_max + (1 - omega(t)) alpha_min,
 (0-based), with the cosine omega(t) = (1 + cos(pi t / t_decay)) / 2 computed afresh each epoch
 (``alpha_schedule: paper``, the default). Where the paper and the reference differ:
 (1) the printed omega = 1 + cos(t / t_decay pi) ranges over [0, 2] and would start alpha at
-2 alpha_max - alpha_min; the halved form runs alpha from alpha_max to alpha_min as the text (and
-DESIGN §4) describes. (2) The reference (``util.py:116-120`` ``cosine_adjust``, called every
+2 alpha_max - alpha_min; the halved form runs alpha from alpha_max to alpha_min as the text
+describes. (2) The reference (``util.py:116-120`` ``cosine_adjust``, called every
 epoch from ``main.py:447-448`` on the previous epoch's alpha) compounds the cosine:
 alpha_t = alpha_min + (alpha_{t-1} - alpha_min) (1 + cos(pi t / t_decay)) / 2, which collapses
-to alpha_min long before t_decay (a bug, DESIGN §4); kept as ``alpha_schedule: reference``.
+to alpha_min long before t_decay (a bug); kept as ``alpha_schedule: reference``.
 (3) The paper's t_decay = 1000 with 400 epochs (l.95; ``run.sh``: --alpha_decay 1000, 401
 epochs 0..400) would, by its own formula, leave alpha at 0.66 after the last epoch, not at
 alpha_min; t_decay here defaults to the run's last epoch (alpha_max at the first epoch,

@@ -38,7 +38,7 @@ Departures: (1) the reference's stage 2 (epochs 200-230: class-balanced classifi
 with class-wise feature perturbation, ``train_sample``, l.40-113) is not here: pair cc_sam with a
 stage-2 method (cRT is the closest); (2) its optimiser and schedule (SGD lr 0.1, wd 2e-4, batch
 64, warm-up + steps at 160/180 of 200, Cifar10.json:13-42, utils.py:219-280) are the variant's,
-so that every baseline shares CE's budget (issue 14 item 6); (3) best-validation selection, not
+so that every baseline shares CE's budget (docs/methods.md); (3) best-validation selection, not
 the reference's best-test epoch (l.374-380); (4) guards the reference lacks: n_c - 1 is clamped
 to >= 1 (a one-image class would give an infinite radius) and a zero ||g_c|| gives e_c = 0
 (the reference divides by 0); (5) under DDP the per-class gradients are the rank's own batch

@@ -29,7 +29,7 @@ the Gram entries to 8 bits, and when student and teacher features are close that
 their difference, makes L_sample: 2.8x the fp32 value for 64 x 512 features 1 % apart, 7-25x in
 the simulations of the CUDA policy (tests/test_cuda_paths.py).
 
-Defaults and their sources (paper: ../shared/papers LMD, Sec. 3.1 and Eqs. 1-5; reference:
+Defaults and their sources (paper: Pan et al., LMD, Sec. 3.1 and Eqs. 1-5; reference:
 peterlipan/LMD ``utils/train.py``, ``data/transforms.py``, ``config/*.yaml``):
 
 * ``lambda_1`` 10 and ``prob_weight`` 0.5: the paper (Eq. 5 and the text below it). The

@@ -1,6 +1,6 @@
 """LMD's Iterative Classifier Calibration (ICC): J iterations of an M-step and an E-step.
 
-Iteration j (Algorithm 1 of the paper, ../shared/papers LMD):
+Iteration j (Algorithm 1 of the LMD paper, Pan et al.):
 
 * **M-step** — the encoder is frozen; the training images' features are (re-)extracted with the
   current encoder g^(j-1), the per-class Gaussians are estimated under ``m_sampler``

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A real single-node SLURM cluster on 127.0.0.1 for the cluster tests (DESIGN.md §6).
+# A real single-node SLURM cluster on 127.0.0.1 for the cluster tests (Debian's slurm-wlm and
+# munge; one node with this machine's CPUs, accounting off: docs/cluster.md).
 #   cluster.sh install   apt-get install slurm-wlm munge (needs root and the Debian registry)
 #   cluster.sh start DIR write /etc/slurm/{slurm,gres}.conf (state and logs under DIR), start
 #                        munged, slurmctld, slurmd. The config must sit at the default path: srun
