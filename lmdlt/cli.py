@@ -73,8 +73,9 @@ def cmd_train_stage1(a):
     from .stage1.trainer import train_stage1
 
     cfg = validate_variant("stage1", a.params)
-    train_stage1(a.split, a.images, cfg, a.seed, a.out, threads=a.threads, device=a.device,
-                 precision=a.precision, channels_last=a.channels_last)
+    with _tracker(a, {"seed": a.seed, **cfg}) as tracker:
+        train_stage1(a.split, a.images, cfg, a.seed, a.out, threads=a.threads, device=a.device,
+                     precision=a.precision, channels_last=a.channels_last, tracker=tracker)
 
 
 def _variant(stage: str, params):
@@ -83,14 +84,23 @@ def _variant(stage: str, params):
     return None if params is None else validate_variant(stage, params)
 
 
-def _score(a, produced, stage1, stage2=None) -> None:
+def _tracker(a, params=None, attach=False):
+    """The job's experiment tracker (``--tracking``; lmdlt.tracking), a no-op when off."""
+    from .tracking import open_tracker
+
+    return open_tracker(a.tracking, params, attach=attach)
+
+
+def _score(a, produced, stage1, stage2=None, tracker=None) -> None:
     """Evaluation where the predictions are made: the producer writes its
     metrics.json itself, with the same guards and record as ``lmdlt evaluate``."""
     if a.metrics_out is not None:
         from .metrics import evaluate_file
 
-        evaluate_file(produced, None, a.metrics_out, manifest_path=a.split,
-                      stage1_params=stage1, stage2_params=stage2)
+        record = evaluate_file(produced, None, a.metrics_out, manifest_path=a.split,
+                               stage1_params=stage1, stage2_params=stage2)
+        if tracker is not None:
+            tracker.log_final({f"test/{k}": v for k, v in record["metrics"].items()})
 
 
 def cmd_extract(a):
@@ -100,25 +110,28 @@ def cmd_extract(a):
     extract_features(a.checkpoint, a.split, a.images, a.out, threads=a.threads, device=a.device,
                      precision=a.precision, channels_last=a.channels_last, train_views=a.train_views,
                      stage1_params=stage1)
-    _score(a, a.out, stage1)
+    with _tracker(a, attach=True) as tracker:  # the test metrics join the training job's run
+        _score(a, a.out, stage1, tracker=tracker)
 
 
 def cmd_train_stage2(a):
     from .stage2.runner import run_stage2
 
     cfg, stage1 = _variant("stage2", a.params), _variant("stage1", a.stage1_params)
-    run_stage2(a.features, cfg, a.seed, a.out, threads=a.threads, checkpoint_path=a.checkpoint,
-               manifest_path=a.split, stage1_params=stage1)
-    _score(a, a.out, stage1, cfg)
+    with _tracker(a, {"seed": a.seed, **cfg}) as tracker:
+        run_stage2(a.features, cfg, a.seed, a.out, threads=a.threads, checkpoint_path=a.checkpoint,
+                   manifest_path=a.split, stage1_params=stage1, tracker=tracker)
+        _score(a, a.out, stage1, cfg, tracker)
 
 
 def cmd_train_stage2_encoder(a):
     from .stage2.runner import run_stage2_encoder
 
     cfg, stage1 = _variant("stage2", a.params), _variant("stage1", a.stage1_params)
-    run_stage2_encoder(a.checkpoint, a.split, a.images, cfg, a.seed, a.out, threads=a.threads,
-                       device=a.device, stage1_params=stage1)
-    _score(a, a.out, stage1, cfg)
+    with _tracker(a, {"seed": a.seed, **cfg}) as tracker:
+        run_stage2_encoder(a.checkpoint, a.split, a.images, cfg, a.seed, a.out, threads=a.threads,
+                           device=a.device, stage1_params=stage1, tracker=tracker)
+        _score(a, a.out, stage1, cfg, tracker)
 
 
 def cmd_evaluate(a):
@@ -229,6 +242,33 @@ def cmd_status(a):
     print(status_text(a.path, include_all=a.all))
 
 
+def cmd_bundle(a):
+    from .bundle import bundle_summary, make_bundle
+
+    out = make_bundle(a.experiment, a.row, a.out, images=a.images)
+    print(f"wrote {bundle_summary(out)}")
+    print(f"check it: lmdlt verify {out}")
+
+
+def cmd_verify(a):
+    from .bundle import BundleError, report_text, verify_bundle, verify_problems
+
+    result = verify_bundle(a.bundle, image_cache=a.images, threads=a.threads)
+    print(report_text(a.bundle, result))
+    problems = verify_problems(result)
+    if problems:
+        raise BundleError(f"{len(problems)} check(s) or metric(s) differ, first: {problems[0]}")
+    print(f"verified: every provenance check holds and all {len(result['metrics'])} metric values "
+          "re-score equal")
+
+
+def cmd_runs(a):
+    from .runs import print_runs
+
+    print_runs(a.results_dir, where=a.where, columns=a.columns, csv=a.csv, parquet=a.parquet,
+               all_columns=a.all_columns)
+
+
 STAGE1_PARAMS_HELP = ("the encoder's stage-1 variant config (JSON, as train-stage1 --params got "
                       "it): the input must record its config hash, else an error naming both")
 METRICS_OUT_HELP = ("also score the output on the test split into this metrics.json (what "
@@ -240,6 +280,8 @@ COMMON_HELP = {
     "--seed": "random seed of the run (the pipeline's seed{N} wildcard)",
     "--out": "output file; written atomically (a temporary name, then renamed)",
     "--threads": "torch CPU threads (the Snakemake rule's threads)",
+    "--tracking": ("experiment tracking (JSON: mlflow, tensorboard, dir, experiment, run; the "
+                   "config's tracking section as the rules pass it); default off (lmdlt.tracking)"),
     "--checkpoint": "stage-1 checkpoint (model.pt)",
     "--split": "split manifest (split.parquet)",
     "--images": "decoded-image cache (images_<size>px.h5)",
@@ -321,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--params", type=_json, required=True, help="the stage-1 variant's config (JSON)")
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--out", required=True, help="checkpoint path (.pt)")
+    s.add_argument("--tracking", type=_json, default=None)
     torch_opts(s)
 
     s = add("extract", cmd_extract, "extract features, logits and labels of every split to HDF5")
@@ -336,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoint must record its config hash, else an error (the pipeline always "
                         "passes it); without it the checkpoint's config is not checked")
     s.add_argument("--metrics-out", default=None, help=METRICS_OUT_HELP)
+    s.add_argument("--tracking", type=_json, default=None)
     torch_opts(s)
 
     s = add("train-stage2", cmd_train_stage2, "stage 2: calibrate the classifier on cached features")
@@ -348,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="predictions (HDF5)")
     s.add_argument("--stage1-params", type=_json, default=None, help=STAGE1_PARAMS_HELP)
     s.add_argument("--metrics-out", default=None, help=METRICS_OUT_HELP)
+    s.add_argument("--tracking", type=_json, default=None)
     s.add_argument("--threads", type=int, default=None)
 
     s = add("train-stage2-encoder", cmd_train_stage2_encoder,
@@ -360,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="predictions (HDF5), same layout as train-stage2")
     s.add_argument("--stage1-params", type=_json, default=None, help=STAGE1_PARAMS_HELP)
     s.add_argument("--metrics-out", default=None, help=METRICS_OUT_HELP)
+    s.add_argument("--tracking", type=_json, default=None)
     torch_opts(s)
 
     s = add("evaluate", cmd_evaluate, "metrics of a features/predictions file on the test split "
@@ -488,6 +534,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--idle-timeout", type=float, default=None,
                    help="exit after this many seconds without a job")
     s.add_argument("--no-preload", action="store_true", help="import nothing ahead (tests)")
+
+    s = add("bundle", cmd_bundle,
+            "share a row: one archive with everything behind a results-table row, for every seed "
+            "(configs, split, checkpoints, predictions, metrics, provenance, versions, test images)")
+    s.add_argument("experiment", help="the experiment's results folder, results/<name>")
+    s.add_argument("row", help="the row: s1 or s1/s2 (e.g. rrl/icc), or its label in a table (e.g. LMD)")
+    s.add_argument("--out", default=None,
+                   help="the archive (.tar; .tar.gz compressed); default <name>_<s1>_<s2>.tar here")
+    s.add_argument("--images", default="test", choices=["test", "all", "none"],
+                   help="decoded images bundled: the test splits' (default; what re-scoring needs), "
+                        "every split's, or none (verify then needs --images CACHE)")
+
+    s = add("verify", cmd_verify,
+            "check a bundle member by member and re-score its checkpoint(s) on its split, on the "
+            "CPU: equal or not, metric by metric")
+    s.add_argument("bundle", help="a file written by lmdlt bundle")
+    s.add_argument("--images", default=None,
+                   help="an image cache to re-extract from (only for a bundle made with --images none)")
+    s.add_argument("--threads", type=int, default=1)
+
+    s = add("runs", cmd_runs,
+            "one table of every run under a results folder: metrics and parameters per (experiment, "
+            "seed, stage-1, stage-2) run, filterable, as CSV or Parquet")
+    s.add_argument("results_dir", nargs="?", default="results",
+                   help="a results folder (default results) or one experiment's folder")
+    s.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
+                   help="keep the runs whose column equals the value (also !=, <, <=, >, >=); "
+                        "repeat to combine, e.g. --where method=icc --where seed=0")
+    s.add_argument("--columns", nargs="+", default=None,
+                   help="columns to print (default: the run, its metrics, the parameters that vary)")
+    s.add_argument("--all-columns", action="store_true", help="print every column")
+    s.add_argument("--csv", default=None, help="also write the (filtered) table as CSV")
+    s.add_argument("--parquet", default=None, help="also write the (filtered) table as Parquet")
 
     s = add("validate-config", cmd_validate_config,
             "validate a config file and print it with defaults filled and grids expanded")

@@ -83,3 +83,67 @@ def build_digits_split(d: Path, split_cfg: dict | None = None) -> Path:
     write_manifest(d / "split.parquet", build_split(index, split_cfg, 0), index.class_names,
                    provenance("split", split_cfg, seed=0))
     return d
+
+
+TINY_EXPERIMENT = {
+    "dataset": {"name": "tiny", "source": "digits", "image_size": 8},
+    "split": {"protocol": "cui", "imbalance_ratio": 50, "val_per_class": 15, "test_per_class": 30},
+    "seeds": [0, 1],
+    "groups": {"rule": "rank", "sizes": [3, 4, 3]},
+    "tracking": {"mlflow": True, "tensorboard": True},
+    "stage1": {"ce": {"method": "ce", "label": "CE", "epochs": 3, "batch_size": 64}},
+    "stage2": {
+        "crt": {"method": "crt", "label": "cRT", "params": {"epochs": 2, "batch_size": 64}},
+        "icc": {"method": "icc", "label": "ICC",
+                "params": {"iterations": 2, "virtual_per_class": 20, "m_epochs": 1,
+                           "m_batch_size": 64, "e_batch_size": 64, "m_lr": 0.05, "e_lr": 0.001}},
+    },
+    "report": {"tables": {"table1": {"rows": [{"run": "ce/icc", "label": "LMD w/o RRL"}]}}},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(tmp_path_factory) -> Path:
+    """A finished two-seed experiment, ``<tmp>/results/tiny``, made by the commands the rules
+    run (no Snakemake; seconds): image cache, splits, CE (3 epochs), its features and metrics,
+    ``ce/crt`` and ``ce/icc`` (2 iterations) with theirs, every job tracked to MLflow and
+    TensorBoard under ``tiny/tracking`` as the rules pass it, and ``report/config.yaml``."""
+    import json
+
+    from lmdlt.cli import main
+    from lmdlt.config import validate_config
+    from lmdlt.data.image_cache import cache_dir_name
+    from lmdlt.tracking import TrackingParam
+
+    results = tmp_path_factory.mktemp("tiny") / "results"
+    config = validate_config(json.loads(json.dumps(TINY_EXPERIMENT)))
+    root = results / "tiny"
+    ds, j = config["dataset"], json.dumps
+    images = results / "image_cache" / cache_dir_name(ds) / "images_8px.h5"
+    assert main(["cache", "--dataset", j(ds), "--size", "8", "--out", str(images)]) == 0
+    s1 = config["stage1"]["ce"]
+    for seed in config["seeds"]:
+        d = root / f"seed{seed}"
+        split = d / "split.parquet"
+        assert main(["split", "--dataset", j(ds), "--split", j(config["split"]), "--seed", str(seed),
+                     "--out", str(split)]) == 0
+        common = ["--split", str(split), "--threads", "1"]
+        track = str(TrackingParam(config["tracking"], str(root), f"seed{seed}/stage1/ce"))
+        ckpt = d / "stage1/ce/model.pt"
+        assert main(["train-stage1", *common, "--images", str(images), "--params", j(s1), "--seed",
+                     str(seed), "--device", "cpu", "--tracking", track, "--out", str(ckpt)]) == 0
+        assert main(["extract", *common, "--images", str(images), "--checkpoint", str(ckpt),
+                     "--device", "cpu", "--stage1-params", j(s1), "--tracking", track,
+                     "--out", str(d / "stage1/ce/features.h5"),
+                     "--metrics-out", str(d / "stage1/ce/metrics.json")]) == 0
+        for s2, cmd in (("crt", ["train-stage2", "--features", str(d / "stage1/ce/features.h5")]),
+                        ("icc", ["train-stage2-encoder", "--images", str(images), "--device", "cpu"])):
+            out = d / f"stage2/ce/{s2}"
+            track = str(TrackingParam(config["tracking"], str(root), f"seed{seed}/stage2/ce/{s2}"))
+            assert main([*cmd, *common, "--checkpoint", str(ckpt), "--params", j(config["stage2"][s2]),
+                         "--stage1-params", j(s1), "--seed", str(seed), "--tracking", track,
+                         "--out", str(out / "predictions.h5"),
+                         "--metrics-out", str(out / "metrics.json")]) == 0
+    (root / "report").mkdir()
+    (root / "report" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return root

@@ -36,6 +36,7 @@ from ..models.finetune import apply_finetune, param_groups
 from ..progress import Pace, bar
 from ..resume import ResumeState, rng_state, run_identity, set_rng_state
 from ..runtime import autocast, loader_options, resolve_precision, setup_torch, use_channels_last
+from ..tracking import NO_TRACKING
 from .base import get_method
 from .distributed import SINGLE_PROCESS, setup as setup_distributed
 
@@ -197,10 +198,13 @@ def lr_scheduler(opt, schedule: str, steps: int, method) -> torch.optim.lr_sched
 
 def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
                  threads: int | None = None, device: str = "auto", precision: str = "auto",
-                 channels_last: str = "auto") -> dict:
+                 channels_last: str = "auto", tracker=None) -> dict:
     """Train one stage-1 variant; returns the checkpoint's metadata. ``precision``: auto (bf16
-    autocast on CUDA), fp32 or bf16; ``channels_last``: auto (on CUDA), on or off."""
+    autocast on CUDA), fp32 or bf16; ``channels_last``: auto (on CUDA), on or off.
+    ``tracker``: a ``lmdlt.tracking.Tracker`` given every epoch's row and the kept epoch."""
     from sklearn.metrics import balanced_accuracy_score  # here: sklearn costs ~2 s of import per job
+
+    tracker = NO_TRACKING if tracker is None else tracker
 
     gen = setup_torch(seed, threads)
     ddp, dev = setup_distributed(device)  # a single process unless started by torchrun
@@ -275,6 +279,8 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
         sched.load_state_dict(resumed["scheduler"])
         set_rng_state(resumed["rng"], *sampler_gens)
         best, history, start_epoch = resumed["best"], resumed["history"], resumed["epoch"]
+        for row in history:  # the tracked run shows the whole curve
+            tracker.log_step(row["epoch"], row)
         log.info("resumed from epoch %d/%d (%s)", start_epoch, cfg["epochs"], resume.path)
     pace = Pace(cfg["epochs"], start_epoch)
     # a bar on a terminal only (rank 0); a log file gets the one line per epoch below
@@ -329,6 +335,7 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
                "val_bacc": val_bacc, "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0,
                "step_losses": step_losses}
         history.append(row)
+        tracker.log_step(epoch + 1, row)
         terms_txt = " ".join(f"{n} {v:.4f}" for n, v in means.items())
         log.info("epoch %d/%d loss %.4f (%s) val_bacc %.4f lr %.4g %.1fs %s", epoch + 1, cfg["epochs"],
                  row["loss"], terms_txt, val_bacc, row["lr"], row["seconds"], pace.text(epoch + 1))
@@ -346,6 +353,7 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
         ddp.close()
         return None  # only rank 0 writes the checkpoint
     log.info("kept epoch %d (select=%s, val_bacc %.4f)", best["epoch"], cfg["select"], best["val_bacc"])
+    tracker.log_final({"selected_epoch": best["epoch"], "selected_val_bacc": best["val_bacc"]})
 
     meta = {
         "provenance": provenance("stage1", cfg, parents, seed),

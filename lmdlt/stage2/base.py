@@ -10,6 +10,7 @@ import torch
 
 from ..method_registry import MethodRegistry
 from ..resume import ResumeState
+from ..tracking import NO_TRACKING, Tracker
 
 # modules of this package that define no method (imported by the methods needing them)
 _METHODS = MethodRegistry("stage2", __name__.rpartition(".")[0], Path(__file__).parent,
@@ -33,6 +34,8 @@ class Stage2Method(abc.ABC):
     needs_encoder: bool = False
     #: set by the runner before fitting: loops that take real time save and resume through it
     resume: ResumeState | None = None
+    #: set by the runner: loops with curves (ICC's iterations) log each point through it
+    tracker: Tracker = NO_TRACKING
 
     def __init__(self, params: dict, num_classes: int) -> None:
         self.p = params

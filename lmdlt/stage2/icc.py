@@ -209,6 +209,8 @@ class IterativeClassifierCalibration(Stage2Method):
                 opt_m.load_state_dict(saved["opt_m"])
             best = saved["best"]
             self.history = saved["history"]
+            for row in self.history:  # the tracked run shows the whole curve
+                self.tracker.log_step(row["iteration"], row)
             set_rng_state(saved["rng"], generator)
             start = saved["iteration"]
             log.info("resumed from %s: ICC after iteration %d/%d", self.resume.path, start,
@@ -247,6 +249,7 @@ class IterativeClassifierCalibration(Stage2Method):
                    "m_lr": opt_m.param_groups[0]["lr"], "e_lr": opt_e.param_groups[0]["lr"],
                    "m_seconds": t_m, "e_seconds": t_e, "seconds": time.perf_counter() - t0}
             self.history.append(row)
+            self.tracker.log_step(j + 1, row)
             e_txt = " ".join(f"{n} {v:.4f}" for n, v in e_out.items())
             log.info("ICC iteration %d/%d: M loss %.4f, E %s, val_bacc %.4f; %.2fs (M %.2fs, E %.2fs) %s",
                      j + 1, p["iterations"], m_out["m_loss"], e_txt, val_bacc, row["seconds"], t_m, t_e,

@@ -88,7 +88,7 @@ def check_stage1_config(artefact, recorded_hash: str | None, stage1_params: dict
 
 def run_stage2(features_path, cfg: dict, seed: int, out_path, threads: int | None = None,
                checkpoint_path=None, manifest_path=None, train_views: int | None = None,
-               stage1_params: dict | None = None) -> dict:
+               stage1_params: dict | None = None, tracker=None) -> dict:
     """Fit a features-based stage-2 method and write its predictions. With ``checkpoint_path``
     / ``manifest_path`` the features must have been extracted with that checkpoint on that
     split, with ``train_views`` holding that many augmented training views
@@ -114,8 +114,11 @@ def run_stage2(features_path, cfg: dict, seed: int, out_path, threads: int | Non
     parents = {"features": sha256_file(features_path), "checkpoint": fs.attrs["checkpoint_sha256"],
                "split": fs.attrs["split_hash"], "stage1_config": stage1_hash}
     method.resume = ResumeState(out_path, run_identity("stage2", cfg, parents, seed))
+    if tracker is not None:
+        method.tracker = tracker
     method.fit(train, val, fs.classifier, gen)  # the test split is never handed to fit
     summary = method.summary()
+    method.tracker.log_final(summary)
     if summary:
         log.info("fitted: %s", summary)
     prov = provenance("stage2", cfg, parents, seed)
@@ -151,9 +154,10 @@ def write_predictions(out_path, outputs: dict, state: dict, class_names, checkpo
 
 def run_stage2_encoder(checkpoint_path, manifest_path, cache_path, cfg: dict, seed: int, out_path,
                        threads: int | None = None, device: str = "auto",
-                       stage1_params: dict | None = None) -> dict:
+                       stage1_params: dict | None = None, tracker=None) -> dict:
     """Run a stage-2 method that fine-tunes the encoder; write predictions of every split. With
-    ``stage1_params`` the checkpoint must come from that stage-1 variant config."""
+    ``stage1_params`` the checkpoint must come from that stage-1 variant config. ``tracker``
+    (both runners): a ``lmdlt.tracking.Tracker`` for the method's curves and summary."""
     from ..data.image_cache import ImageCache, check_checkpoint_inputs, load_split_images
     from ..data.splits import read_manifest
     from ..runtime import select_device
@@ -180,11 +184,14 @@ def run_stage2_encoder(checkpoint_path, manifest_path, cache_path, cfg: dict, se
     parents = {"checkpoint": ckpt_hash, "split": split_hash, "images": images_hash,
                "stage1_config": stage1_hash}
     method.resume = ResumeState(out_path, run_identity("stage2", cfg, parents, seed))
+    if tracker is not None:
+        method.tracker = tracker
     (x_tr, y_tr, _), (x_val, y_val, _) = data["train"], data["val"]
     log.info("%s on %s (device %s): train %d images (per class %s), val %d", cfg["method"],
              checkpoint_path, dev, len(y_tr), np.bincount(y_tr, minlength=k).tolist(), len(y_val))
     method.fit_encoder(net, {"train": (x_tr, y_tr), "val": (x_val, y_val)}, gen, dev)  # no test
     summary = method.summary()
+    method.tracker.log_final(summary)
     if summary:
         log.info("fitted: %s", summary)
     prov = provenance("stage2", cfg, parents, seed)

@@ -32,9 +32,10 @@ rule extract_features:
         channels_last=config["compute"]["channels_last"],
         train_views=config["features"]["train_views"],
         stage1=lambda w: stage1_params(w.s1)["variant"],  # the checkpoint's recorded config
+        tracking=lambda w: tracking_param(f"seed{w.seed}/stage1/{w.s1}"),  # its test metrics
     shell:
         "lmdlt extract --checkpoint {input.checkpoint:q} --split {input.split:q} --images {input.images:q}"
         " --threads {threads} --device {params.device:q} --precision {params.precision:q}"
         " --channels-last {params.channels_last:q} --train-views {params.train_views}"
-        " --stage1-params {params.stage1:q}"
+        " --stage1-params {params.stage1:q} --tracking {params.tracking:q}"
         " --out {output.features:q} --metrics-out {output.metrics:q} > {log:q} 2>&1"

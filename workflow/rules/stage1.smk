@@ -10,6 +10,15 @@ STAGE1_LAUNCH = (
 )
 
 
+from lmdlt.tracking import TrackingParam
+
+
+def tracking_param(run):
+    """The config's tracking section, where to log and the run's name (a value Snakemake
+    does not record: switching tracking on re-runs nothing, lmdlt/tracking.py)."""
+    return TrackingParam(config["tracking"], ROOT, run)
+
+
 def stage1_params(s1):
     return {
         "variant": as_json(config["stage1"][s1]),
@@ -38,10 +47,12 @@ rule train_stage1:
         precision=config["compute"]["precision"],
         channels_last=config["compute"]["channels_last"],
         launch=STAGE1_LAUNCH,
+        tracking=lambda w: tracking_param(f"seed{w.seed}/stage1/{w.s1}"),
     shell:
         "{params.launch} train-stage1 --split {input.split:q} --images {input.images:q} --params {params.variant:q}"
         " --seed {wildcards.seed} --threads {threads} --device {params.device:q}"
-        " --precision {params.precision:q} --channels-last {params.channels_last:q} --out {output:q} > {log:q} 2>&1"
+        " --precision {params.precision:q} --channels-last {params.channels_last:q}"
+        " --tracking {params.tracking:q} --out {output:q} > {log:q} 2>&1"
 
 
 # One GPU per process. Set after the rule is defined because a profile's set-resources (the

@@ -31,9 +31,11 @@ rule train_stage2:
     params:
         variant=lambda w: as_json(config["stage2"][w.s2]),
         stage1=lambda w: stage1_params(w.s1)["variant"],  # the encoder's recorded config
+        tracking=lambda w: tracking_param(f"seed{w.seed}/stage2/{w.s1}/{w.s2}"),
     shell:
         "lmdlt train-stage2 --features {input.features:q} --checkpoint {input.checkpoint:q}"
         " --split {input.split:q} --params {params.variant:q} --stage1-params {params.stage1:q}"
+        " --tracking {params.tracking:q}"
         " --seed {wildcards.seed} --threads {threads} --out {output.predictions:q}"
         " --metrics-out {output.metrics:q} > {log:q} 2>&1"
 
@@ -61,8 +63,10 @@ rule train_stage2_encoder:
         variant=lambda w: as_json(config["stage2"][w.s2]),
         stage1=lambda w: stage1_params(w.s1)["variant"],  # the checkpoint's recorded config
         device=DEVICE,
+        tracking=lambda w: tracking_param(f"seed{w.seed}/stage2/{w.s1}/{w.s2}"),
     shell:
         "lmdlt train-stage2-encoder --checkpoint {input.checkpoint:q} --split {input.split:q}"
         " --images {input.images:q} --params {params.variant:q} --stage1-params {params.stage1:q}"
+        " --tracking {params.tracking:q}"
         " --seed {wildcards.seed} --threads {threads} --device {params.device:q}"
         " --out {output.predictions:q} --metrics-out {output.metrics:q} > {log:q} 2>&1"
