@@ -264,13 +264,22 @@ def frozen_bn_statistics(net: nn.Module):
 @torch.no_grad()
 def recalibrate_bn(net: nn.Module, images_nhwc, device, batch_size: int = 256) -> None:
     """Re-estimate every BatchNorm's running statistics on clean (un-augmented) images, as a
-    cumulative average over one pass (``torch.optim.swa_utils.update_bn``); weights unchanged."""
+    cumulative average over one pass (``torch.optim.swa_utils.update_bn``); weights unchanged.
+    BatchNorm layers the network keeps in eval mode (frozen by ``finetune``) keep theirs; an
+    encoder without BatchNorm (a ViT) has nothing to re-estimate."""
     from torch.optim.swa_utils import update_bn
 
     x = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2)
     batches = [x[s:s + batch_size].to(device) for s in range(0, len(x), batch_size)]
     was_training = net.training
-    update_bn(batches, net)
+    net.train()
+    frozen = [(m, [b.clone() for b in m.buffers()]) for m in net.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training]
+    update_bn(batches, net)  # resets every BatchNorm's statistics first
+    with torch.no_grad():
+        for m, saved in frozen:
+            for b, v in zip(m.buffers(), saved):
+                b.copy_(v)
     net.train(was_training)
 
 
