@@ -589,9 +589,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
         args.fn(args)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        print(f"lmdlt {args.command}: error: {e}", file=sys.stderr)  # one line, not a log line too
-        return 1
+    except Exception as e:  # noqa: BLE001 - user errors one line, bugs with traceback (lmdlt.errors)
+        from .errors import report
+
+        return report(f"lmdlt {args.command}", e)
     return 0
 
 

@@ -217,5 +217,7 @@ class FeatureSet:
 
     def __getitem__(self, split: str) -> dict:
         if split not in self.splits:
-            raise KeyError(f"{self.path} has no split {split!r}")
+            from .errors import NotFoundError
+
+            raise NotFoundError(f"{self.path} has no split {split!r}")
         return self.splits[split]

@@ -3,21 +3,26 @@
 Every artefact the pipeline writes carries a provenance record (stage, the stage's own
 config, the hashes of its parent artefacts, seed, code version) and is written under a
 temporary name in the same folder and renamed into place, so an interrupted job never leaves a
-file that looks complete.
+file that looks complete. A write that fails for want of space or permission is a
+``WriteError`` naming the file and the cause (``atomic_path``).
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
+import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
 from . import __version__
+from .errors import WriteError
 
 
 @contextlib.contextmanager
@@ -25,18 +30,95 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
 
     On any exception (including KeyboardInterrupt) the temporary file is removed and ``path``
-    is left untouched, so no half-written artefact remains.
+    is left untouched, so no half-written artefact remains. A write that fails for want of
+    space, quota or permission (``write_failure``) becomes one ``WriteError`` naming ``path``
+    and the cause; any other error passes through unchanged.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        mapped = write_failure(final, e, final.parent)
+        if mapped is None:
+            raise
+        raise mapped from e
     _remove_stale_temporaries(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
         yield tmp
         os.replace(tmp, final)
+    except (OSError, RuntimeError) as e:
+        # looked at before the temporary goes: the free space the writer saw
+        mapped = write_failure(final, e, tmp)
+        if mapped is None:
+            raise
+        raise mapped from e
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+#: errnos of a write that failed for a reason outside the program (space, quota, permission)
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG, errno.EIO}
+#: free space below which a failed write is put down to a full disk: torch.save reports one
+#: only as "[enforce fail at inline_container.cc:...] unexpected pos ...", without errno
+LOW_SPACE = 1 << 20
+_HINTS = {
+    errno.ENOSPC: "free some space or move results_dir to a larger disk, then re-run",
+    errno.EDQUOT: "free some space within your quota or move results_dir, then re-run",
+    errno.EACCES: "check that you may write to that folder",
+    errno.EPERM: "check that you may write to that folder",
+    errno.EROFS: "move results_dir to a writable disk",
+}
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def write_failure(final: Path, error: BaseException, written: Path) -> WriteError | None:
+    """``error``, raised while writing ``final`` (through the temporary or folder ``written``),
+    as a one-line ``WriteError`` naming ``final`` and the cause: the error's errno when it is
+    one of ``WRITE_ERRNOS`` (h5py puts it in its message), else "no space left on device" when
+    the file system has less than ``LOW_SPACE`` free and the error is an ``OSError`` or torch's
+    stream writer failing. None for anything else, and for an error about another file (its
+    own message names that file)."""
+    name = getattr(error, "filename", None) if isinstance(error, OSError) else None
+    if name is not None and Path(os.fsdecode(name)) not in (final, written, *final.parents):
+        return None
+    code = getattr(error, "errno", None) if isinstance(error, OSError) else None
+    if code not in WRITE_ERRNOS:
+        found = re.search(r"\berrno = (\d+)", str(error))
+        code = int(found.group(1)) if found else None
+    free = _free_bytes(final.parent)
+    torch_writer = isinstance(error, RuntimeError) and re.search(
+        r"inline_container|PytorchStreamWriter|file write failed", str(error)) is not None
+    if code not in WRITE_ERRNOS:
+        if not (isinstance(error, OSError) or torch_writer):
+            return None
+        if free is not None and free < LOW_SPACE:
+            code = errno.ENOSPC
+        elif torch_writer:
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            return WriteError(f"cannot write {str(final)!r}: the write failed ({first})")
+        else:
+            return None
+    cause = os.strerror(code).lower()
+    space = f", {_size(free)} free there" if free is not None and code in (errno.ENOSPC, errno.EDQUOT) else ""
+    hint = f"; {_HINTS[code]}" if code in _HINTS else ""
+    target = f"the folder {str(final.parent)!r} for {final.name!r}" if written == final.parent else repr(str(final))
+    return WriteError(f"cannot write {target}: {cause}{space}{hint}", code)
 
 
 def _remove_stale_temporaries(final: Path) -> None:

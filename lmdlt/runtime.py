@@ -16,7 +16,9 @@ def select_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
+        from .errors import SetupError
+
+        raise SetupError(f"device {name!r} requested but CUDA is not available on this machine")
     return dev
 
 

@@ -11,6 +11,7 @@ import os
 import h5py
 import numpy as np
 
+from ..errors import NotFoundError
 from ..io import atomic_path, h5_read_provenance, h5_write_provenance
 from ..progress import bar
 from .sources import Source
@@ -70,7 +71,7 @@ class ImageCache:
         try:
             rows = np.array([self._row[i] for i in ids], dtype=np.int64)
         except KeyError as e:
-            raise KeyError(f"image id {e.args[0]!r} is not in the image cache {self.path}") from None
+            raise NotFoundError(f"image id {e.args[0]!r} is not in the image cache {self.path}") from None
         out = np.empty((len(rows),) + tuple(self.shape[1:]), dtype=np.uint8)
         with h5py.File(self.path, "r") as f:
             images = f["images"]

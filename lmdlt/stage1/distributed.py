@@ -43,6 +43,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
 
+from ..errors import SetupError
 from ..resume import set_rng_state
 from ..runtime import select_device
 
@@ -160,8 +161,8 @@ def from_env(env=os.environ) -> Distributed:
     try:
         rank, local_rank = int(env["RANK"]), int(env["LOCAL_RANK"])
     except KeyError as e:
-        raise RuntimeError(f"WORLD_SIZE={world} but {e.args[0]} is not set: start multi-process "
-                           "stage 1 with torchrun") from None
+        raise SetupError(f"WORLD_SIZE={world} but {e.args[0]} is not set: start multi-process "
+                         "stage 1 with torchrun") from None
     return Distributed(world, rank, local_rank)
 
 
@@ -176,8 +177,8 @@ def setup(device: str = "auto", env=os.environ) -> tuple[Distributed, torch.devi
     if dev.type == "cuda":
         n = torch.cuda.device_count()
         if ctx.local_rank >= n:
-            raise RuntimeError(f"{ctx.world_size} processes on this node but {n} visible CUDA device(s): "
-                               f"request one GPU per process ({PROCESSES_KEY})")
+            raise SetupError(f"{ctx.world_size} processes on this node but {n} visible CUDA device(s): "
+                             f"request one GPU per process ({PROCESSES_KEY})")
         dev = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(dev)
         backend = "nccl"

@@ -12,12 +12,16 @@ run (same config, split, image cache, seed, precision) continues from it and end
 weights as an uninterrupted run; a resume file of any other run is ignored and deleted. It is
 removed once the checkpoint is written.
 
-Non-finite guard: a non-finite loss term or gradient stops training with FloatingPointError
-(epoch, step, term or parameter) and leaves neither a checkpoint nor a resume file.
+Non-finite and divergence guards: a non-finite loss term or gradient (checked every step), or
+an epoch whose mean loss runs off (``lmdlt.divergence``: above 1000 x the first step's loss and
+100), stops training with ``DivergenceError`` (a ``FloatingPointError``) naming the stage, the
+variant, the learning rate, the epoch and the step, term or parameter, and leaves neither a
+checkpoint nor a resume file; so the kept epoch is never a diverged one.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import time
@@ -30,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.image_cache import ImageCache, load_split_images
 from ..data.samplers import make_sampler, set_sampler_epoch
 from ..data.transforms import channel_stats
+from ..divergence import DivergenceError, DivergenceGuard, run_context, with_run
 from ..io import atomic_path, provenance
 from ..models import build_network
 from ..models.finetune import apply_finetune, param_groups
@@ -87,7 +92,16 @@ def _sampler_generators(*loaders) -> list[torch.Generator]:
 def _non_finite(message: str, resume: ResumeState):
     """Stop the run; its resume state goes too, so a re-run starts from scratch."""
     resume.clear()
-    return FloatingPointError(message)
+    return DivergenceError(with_run(message))
+
+
+def _named_run(train):
+    """Errors raised while training name the run: stage, variant, method, learning rate."""
+    @functools.wraps(train)
+    def run(manifest_path, cache_path, cfg, seed, out_path, *args, **kwargs):
+        with run_context("stage 1", cfg["method"], out_path, {"lr": cfg["lr"]}):
+            return train(manifest_path, cache_path, cfg, seed, out_path, *args, **kwargs)
+    return run
 
 
 def _check_finite(loss: torch.Tensor, terms: dict, named_params: list, epoch: int, step: int,
@@ -196,6 +210,7 @@ def lr_scheduler(opt, schedule: str, steps: int, method) -> torch.optim.lr_sched
     raise ValueError(f"stage1.lr_schedule: unknown schedule {schedule!r} (cosine, constant)")
 
 
+@_named_run
 def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
                  threads: int | None = None, device: str = "auto", precision: str = "auto",
                  channels_last: str = "auto", tracker=None) -> dict:
@@ -267,6 +282,7 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
 
     best = {"epoch": -1, "val_bacc": -1.0, "state": None}
     history = []
+    divergence = DivergenceGuard("training")
     start_epoch = 0
     resumed = resume.load()
     if resumed is None:
@@ -279,6 +295,8 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
         sched.load_state_dict(resumed["scheduler"])
         set_rng_state(resumed["rng"], *sampler_gens)
         best, history, start_epoch = resumed["best"], resumed["history"], resumed["epoch"]
+        if history and history[0].get("step_losses"):
+            divergence.reference = history[0]["step_losses"][0]
         for row in history:  # the tracked run shows the whole curve
             tracker.log_step(row["epoch"], row)
         log.info("resumed from epoch %d/%d (%s)", start_epoch, cfg["epochs"], resume.path)
@@ -324,6 +342,12 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
             seen += len(y)
             step_losses.append(loss.detach())
         sums, seen, step_losses = ddp.reduce_epoch(sums, seen, step_losses)  # over all ranks
+        try:  # on every rank (the sums are reduced), so that all ranks stop together
+            divergence.check(sum(sums.values()) / max(seen, 1), epoch + 1, cfg["epochs"],
+                             first_step=step_losses[0] if step_losses else None)
+        except DivergenceError:
+            resume.clear()
+            raise
         method.on_epoch_end(net, x_tr, dev)  # e.g. RRL re-estimating BatchNorm on clean images
         if not ddp.is_main:
             continue  # the weights are the same on every rank: rank 0 validates, selects, saves

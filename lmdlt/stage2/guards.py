@@ -1,6 +1,8 @@
 """Numerical guards of the stage-2 training loops: a non-finite loss or gradient stops the run
 with the place it went bad (epoch, step, loss term or parameter) instead of writing a NaN
-classifier that evaluation would only reject later."""
+classifier that evaluation would only reject later. The messages start with the run being
+trained (stage, variant, method, learning rates: ``lmdlt.divergence.run_context``); a loss
+that stays finite but runs off is ``lmdlt.divergence.DivergenceGuard``'s, per epoch."""
 from __future__ import annotations
 
 import math
@@ -9,9 +11,11 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ..divergence import DivergenceError, with_run
 
-class NonFiniteError(RuntimeError):
-    """A loss or gradient became NaN or infinite."""
+
+class NonFiniteError(DivergenceError, RuntimeError):
+    """A loss or gradient became NaN or infinite (a user error: one line from the command)."""
 
 
 def check_finite_terms(terms: dict[str, torch.Tensor], where: str) -> None:
@@ -20,8 +24,8 @@ def check_finite_terms(terms: dict[str, torch.Tensor], where: str) -> None:
     if bool(torch.isfinite(values).all()):
         return
     bad = [(n, v) for n, v in zip(terms, values.tolist()) if not math.isfinite(v)]
-    raise NonFiniteError(f"{where}: non-finite loss term {bad[0][0]!r} ({bad[0][1]}); "
-                         "lower the learning rate or check the features for NaN/inf")
+    raise NonFiniteError(with_run(f"{where}: non-finite loss term {bad[0][0]!r} ({bad[0][1]}); "
+                                  "lower the learning rate or check the features for NaN/inf"))
 
 
 def check_finite_grads(named_params: Iterable[tuple[str, nn.Parameter]], where: str) -> None:
@@ -33,5 +37,5 @@ def check_finite_grads(named_params: Iterable[tuple[str, nn.Parameter]], where: 
     if bool(ok.all()):
         return
     name = named[int((~ok).nonzero()[0])][0]
-    raise NonFiniteError(f"{where}: non-finite gradient of parameter {name!r}; "
-                         "lower the learning rate or check the features for NaN/inf")
+    raise NonFiniteError(with_run(f"{where}: non-finite gradient of parameter {name!r}; "
+                                  "lower the learning rate or check the features for NaN/inf"))

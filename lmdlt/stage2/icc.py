@@ -59,6 +59,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..data.samplers import make_sampler
+from ..divergence import DivergenceGuard
 from ..progress import Pace, bar
 from ..resume import rng_state, set_rng_state
 from ..runtime import loader_options
@@ -196,6 +197,8 @@ class IterativeClassifierCalibration(Stage2Method):
         opt_m = None
         best = {"iteration": 0, "val_bacc": -1.0, "net": None, "layer": None}
         self.history = []
+        # reference: the first E-step's first batch (the M-step's guard is mstep.divergence)
+        self.e_divergence = DivergenceGuard("E-step")
         start = 0
         saved = self.resume.load(device) if self.resume is not None else None
         if saved is not None:
@@ -212,6 +215,7 @@ class IterativeClassifierCalibration(Stage2Method):
             for row in self.history:  # the tracked run shows the whole curve
                 self.tracker.log_step(row["iteration"], row)
             set_rng_state(saved["rng"], generator)
+            self.e_divergence.load_state_dict(saved.get("e_divergence"))
             start = saved["iteration"]
             log.info("resumed from %s: ICC after iteration %d/%d", self.resume.path, start,
                      p["iterations"])
@@ -264,7 +268,7 @@ class IterativeClassifierCalibration(Stage2Method):
                     "iteration": j + 1, "net": net.state_dict(), "opt_e": opt_e.state_dict(),
                     "mstep": mstep.state_dict(), "layer": layer.state_dict(),
                     "opt_m": opt_m.state_dict(), "best": best, "history": self.history,
-                    "rng": rng_state(generator)})
+                    "rng": rng_state(generator), "e_divergence": self.e_divergence.state_dict()})
         iterations.close()
         net.load_state_dict(best["net"])
         net.classifier.load_state_dict(best["layer"])
@@ -303,6 +307,9 @@ class IterativeClassifierCalibration(Stage2Method):
                 for n, v in terms.items():
                     sums[n] = sums.get(n, 0.0) + float(v.detach()) * len(y)
                 seen += len(y)
+                self.e_divergence.add(loss, len(y))
+            self.e_divergence.end_epoch(epoch + 1, p["e_epochs"], lr,
+                                        loop=f"ICC iteration {mstep.step} E-step")
         for q in layer.parameters():
             q.requires_grad_(True)
         return {f"e_{n}": v / max(seen, 1) for n, v in sums.items()}

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..data.samplers import make_sampler, set_sampler_epoch
+from ..divergence import DivergenceGuard
 from ..resume import ResumeState, rng_state, set_rng_state
 from .guards import check_finite_grads, check_finite_terms
 
@@ -96,7 +97,8 @@ def train_linear(features: np.ndarray, labels: np.ndarray, num_classes: int, *, 
 
     With ``resume``, the layer, optimiser, schedule and random states are saved after every
     epoch and a saved state of the same run is continued from (the result is bit-identical on
-    CPU to an uninterrupted run); a non-finite loss or gradient stops with epoch, step and term
+    CPU to an uninterrupted run); a non-finite loss or gradient stops with epoch, step and term,
+    an epoch whose mean loss runs off stops with ``lmdlt.divergence.DivergenceError``
     (``name`` labels the messages).
 
     ``features`` a ``ViewedFeatures``: every epoch trains on one of its views per image, drawn
@@ -123,12 +125,14 @@ def train_linear(features: np.ndarray, labels: np.ndarray, num_classes: int, *, 
     steps = max(epochs * len(loader), 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     start = 0
+    divergence = DivergenceGuard(name)
     saved = resume.load() if resume is not None else None
     if saved is not None:
         layer.load_state_dict(saved["layer"])
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         set_rng_state(saved["rng"], generator)
+        divergence.load_state_dict(saved.get("divergence"))
         start = saved["epoch"]
         log.info("resumed from %s: %s after epoch %d/%d", resume.path, name, start, epochs)
     trainable = [(n, p) for n, p in layer.named_parameters() if p.requires_grad]
@@ -139,7 +143,6 @@ def train_linear(features: np.ndarray, labels: np.ndarray, num_classes: int, *, 
             x.copy_(views_t[choice, positions])
             if table is not None:
                 table_t.copy_(view_logits_t[choice, positions])
-        total = n = 0.0
         for step, (xb, yb, ib) in enumerate(loader):
             logits = layer(xb)
             loss = F.cross_entropy(logits, yb) if loss_fn is None else loss_fn(logits, yb, ib)
@@ -152,12 +155,13 @@ def train_linear(features: np.ndarray, labels: np.ndarray, num_classes: int, *, 
             sched.step()
             if after_step is not None:
                 after_step(layer)
-            total += loss.item() * len(yb)
-            n += len(yb)
+            divergence.add(loss, len(yb))
+        mean_loss, _ = divergence.end_epoch(epoch + 1, epochs)  # before a diverged state is saved
         if resume is not None:
             resume.save({"epoch": epoch + 1, "layer": layer.state_dict(), "optimizer": opt.state_dict(),
-                         "scheduler": sched.state_dict(), "rng": rng_state(generator)})
-        log.info("epoch %d/%d loss %.4f", epoch + 1, epochs, total / max(n, 1))
+                         "scheduler": sched.state_dict(), "rng": rng_state(generator),
+                         "divergence": divergence.state_dict()})
+        log.info("epoch %d/%d loss %.4f", epoch + 1, epochs, mean_loss)
     if views is not None and table is not None:
         table_t.copy_(clean_logits)
     return layer

@@ -9,11 +9,13 @@ method's fitted state under ``/state``, and the provenance naming the parents' h
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import h5py
 import numpy as np
 
+from ..divergence import DivergenceError, learning_rates, run_context
 from ..features import FeatureSet
 from ..io import atomic_path, check_config_hash, h5_write_provenance, provenance, sha256_file
 from ..resume import ResumeState, run_identity
@@ -86,6 +88,18 @@ def check_stage1_config(artefact, recorded_hash: str | None, stage1_params: dict
         check_config_hash(artefact, {"config_hash": recorded_hash}, stage1_params, out_path, "stage-1")
 
 
+@contextlib.contextmanager
+def _training(cfg: dict, out_path, method):
+    """Around a method's fit: its errors name the run (stage, variant, method, learning rates);
+    a diverged fit (``lmdlt.divergence``) leaves no resume state, as stage 1."""
+    with run_context("stage 2", cfg["method"], out_path, learning_rates(cfg["params"])):
+        try:
+            yield
+        except DivergenceError:
+            method.resume.clear()
+            raise
+
+
 def run_stage2(features_path, cfg: dict, seed: int, out_path, threads: int | None = None,
                checkpoint_path=None, manifest_path=None, train_views: int | None = None,
                stage1_params: dict | None = None, tracker=None) -> dict:
@@ -116,7 +130,8 @@ def run_stage2(features_path, cfg: dict, seed: int, out_path, threads: int | Non
     method.resume = ResumeState(out_path, run_identity("stage2", cfg, parents, seed))
     if tracker is not None:
         method.tracker = tracker
-    method.fit(train, val, fs.classifier, gen)  # the test split is never handed to fit
+    with _training(cfg, out_path, method):
+        method.fit(train, val, fs.classifier, gen)  # the test split is never handed to fit
     summary = method.summary()
     method.tracker.log_final(summary)
     if summary:
@@ -189,7 +204,8 @@ def run_stage2_encoder(checkpoint_path, manifest_path, cache_path, cfg: dict, se
     (x_tr, y_tr, _), (x_val, y_val, _) = data["train"], data["val"]
     log.info("%s on %s (device %s): train %d images (per class %s), val %d", cfg["method"],
              checkpoint_path, dev, len(y_tr), np.bincount(y_tr, minlength=k).tolist(), len(y_val))
-    method.fit_encoder(net, {"train": (x_tr, y_tr), "val": (x_val, y_val)}, gen, dev)  # no test
+    with _training(cfg, out_path, method):
+        method.fit_encoder(net, {"train": (x_tr, y_tr), "val": (x_val, y_val)}, gen, dev)  # no test
     summary = method.summary()
     method.tracker.log_final(summary)
     if summary:

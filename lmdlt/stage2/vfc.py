@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..divergence import DivergenceGuard
 from ..resume import rng_state, set_rng_state
 from .base import Stage2Method, register
 from .guards import check_finite_grads, check_finite_terms
@@ -75,6 +76,8 @@ class MStep:
         self.step = 0
         self.mu_now: torch.Tensor | None = None
         self.chol_now: torch.Tensor | None = None
+        # reference: the first step of the first M-step (ICC: of iteration 1)
+        self.divergence = DivergenceGuard("M-step")
 
     def draw_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, Cholesky factor) the virtual features are drawn from: the EMA (the paper) or,
@@ -98,13 +101,15 @@ class MStep:
 
     def state_dict(self) -> dict:
         return {"mu": self.mu, "cov": self.cov, "chol": self.chol, "step": self.step,
-                "mu_now": self.mu_now, "chol_now": self.chol_now}
+                "mu_now": self.mu_now, "chol_now": self.chol_now,
+                "divergence": self.divergence.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.mu, self.cov, self.chol, self.mu_now, self.chol_now = (
             None if state.get(k) is None else state[k].cpu()
             for k in ("mu", "cov", "chol", "mu_now", "chol_now"))
         self.step = int(state["step"])
+        self.divergence.load_state_dict(state.get("divergence"))
 
     def _batches(self, features, labels, generator, device=None):
         p = self.p
@@ -139,7 +144,9 @@ class MStep:
 
         Resuming (sampled mode): ``start_epoch`` passes already done, ``totals`` their
         (loss sum, count); ``after_epoch(epochs_done, loss_sum, count)`` runs after each pass
-        (VFC saves its resume state there). A non-finite loss or gradient stops the run."""
+        (VFC saves its resume state there). A non-finite loss or gradient stops the run, and so
+        does an epoch (implicit mode: the ``implicit_steps``) whose mean loss runs off
+        (``lmdlt.divergence``)."""
         if self.mu is None:
             raise RuntimeError("MStep.train before MStep.estimate")
         t0 = time.perf_counter()
@@ -162,7 +169,9 @@ class MStep:
                 opt.step()
                 if sched is not None:
                     sched.step()
-                total, n = float(loss.detach()), 1.0
+                self.divergence.add(loss)
+            self.divergence.end_epoch(1, 1, loop=f"M-step {self.step} (implicit)")
+            total, n = float(loss.detach()), 1.0  # the last step's loss
         else:
             for epoch in range(start_epoch, self.p["m_epochs"]):
                 for step, (v, y) in enumerate(self._batches(features, labels, generator, dev)):
@@ -176,8 +185,11 @@ class MStep:
                     opt.step()
                     if sched is not None:
                         sched.step()
-                    total += float(loss.detach()) * len(y)
-                    n += len(y)
+                    self.divergence.add(loss, len(y))
+                mean, count = self.divergence.end_epoch(epoch + 1, self.p["m_epochs"],
+                                                        loop=f"M-step {self.step}")
+                total += mean * count
+                n += count
                 if after_epoch is not None:
                     after_epoch(epoch + 1, total, n)
         out = {"m_loss": total / max(n, 1.0), "m_seconds": time.perf_counter() - t0}
