@@ -21,6 +21,9 @@ include: "workflow/rules/provenance.smk"
 include: "workflow/rules/results_page.smk"
 
 
+request_local_gpus()  # GPU rules ask for a `gpu` where CUDA is visible (common.smk)
+
+
 report: "workflow/report/workflow.rst"
 
 

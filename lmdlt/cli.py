@@ -242,6 +242,12 @@ def cmd_status(a):
     print(status_text(a.path, include_all=a.all))
 
 
+def cmd_unlock(a):
+    from .run_lock import unlock
+
+    print(unlock(a.path, force=a.force))
+
+
 def cmd_bundle(a):
     from .bundle import bundle_summary, make_bundle
 
@@ -526,6 +532,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--all", action="store_true",
                    help="also list finished evaluation and report jobs")
 
+    s = add("unlock", cmd_unlock,
+            "remove an experiment's run lock (results/<experiment>/.lmdlt-run.lock) left by a run "
+            "that is gone; a lock whose run is alive on this host is kept unless --force")
+    s.add_argument("path", help="results/<experiment>")
+    s.add_argument("--force", action="store_true",
+                   help="remove it even if its process is alive on this host")
+
     s = add("job-server", cmd_job_server,
             "serve lmdlt commands from one process that imports torch once (the workflow starts "
             "one per local run: lmdlt/job_server.py)")
@@ -587,6 +600,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    if argv is None:  # a job's own process: host, pid and heartbeat in its log (lmdlt status)
+        from .status import job_started
+
+        job_started(args.command)
     try:
         args.fn(args)
     except Exception as e:  # noqa: BLE001 - user errors one line, bugs with traceback (lmdlt.errors)

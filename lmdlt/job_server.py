@@ -17,15 +17,32 @@ When the server is not used, the command runs in its own process as before:
 * ``LMDLT_NO_JOB_SERVER=1`` (opt out; the workflow then starts no server);
 * inside a SLURM job (``SLURM_JOB_ID``): the job's resources are the allocation's, never a
   server's on the submitting host; the workflow starts no server for a non-local executor;
-* the socket does not answer (a warning, then the command runs in its own process).
+* the socket does not answer (a warning, then the command runs in its own process);
+* a CUDA job: a command whose ``--device`` is ``cuda...``, or ``auto`` on a host with a visible
+  NVIDIA GPU (:func:`wants_cuda`, decided from the argv and ``/proc``, without torch). Such a
+  job runs for minutes, so 3-6 s of imports are nothing to it, and a CUDA context must never
+  be created in a process that forks;
+* a torchrun rank (``TORCHELASTIC_RUN_ID`` / ``LOCAL_RANK`` set): every rank is its own process;
+* the server refuses the job (the command then runs in its own process, and the reason is the
+  first line of the job's log): its preload failed (a syntax error in one module must not fail
+  every job), a preloaded ``lmdlt`` source file changed since it was imported (the job must run
+  the code on disk), CUDA was initialised in the server (:func:`cuda_initialised`), or the
+  client belongs to another installation.
 
 Safety of fork: the server imports modules but runs no torch operation and starts no thread, so
-a child inherits no thread pool or CUDA context (CUDA is initialised lazily, in the child, on
-first use; each command sets its torch threads, ``lmdlt.runtime.setup_torch``). Python's
-``random`` reseeds after a fork, every command seeds its own generators, ``tempfile`` names are
-per process. A child whose client goes away (the job was killed) kills itself; the client
-forwards SIGINT / SIGTERM / SIGHUP to the child. The server exits when its owner (the Snakemake
-process) is gone, when told to, or after ``idle_timeout`` seconds without a job.
+a child inherits no CUDA context (CUDA is initialised lazily, in the child, on first use; the
+server sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1``, so that even a ``torch.cuda.is_available()``
+in a preloaded module asks NVML instead of calling ``cuInit``, and it refuses every job if
+``torch.cuda.is_initialized()`` is ever true). Thread pools: numpy's BLAS, OpenMP and torch
+size their pools from ``OMP_NUM_THREADS`` & co. when they are loaded, in the server, from the
+server's environment; Snakemake sets those variables per rule (its ``threads``) in the job's
+environment, so the child re-sizes every loaded pool from the job's environment
+(:func:`size_thread_pools`: threadpoolctl and ``torch.set_num_threads``), as a fresh process
+would have sized them. Python's ``random`` reseeds after a fork, every command seeds its own
+generators, ``tempfile`` names are per process. A child whose client goes away (the job was
+killed) kills itself; the client forwards SIGINT / SIGTERM / SIGHUP to the child. The server
+exits when its owner (the Snakemake process) is gone, when told to, or after ``idle_timeout``
+seconds without a job.
 
 This module imports no torch: the client side must stay as cheap as ``import socket``.
 """
@@ -45,6 +62,8 @@ from pathlib import Path
 
 ENV_SOCKET = "LMDLT_JOB_SERVER"
 ENV_DISABLE = "LMDLT_NO_JOB_SERVER"
+#: the number of GPUs local jobs may use, instead of the count found (:func:`local_gpu_count`)
+ENV_LOCAL_GPUS = "LMDLT_LOCAL_GPUS"
 _HEADER = struct.Struct("!I")  # length of the JSON request that follows
 
 # imported once by the server, in the order a run needs them: data jobs first, then torch and
@@ -113,6 +132,57 @@ def in_slurm_job() -> bool:
     return bool(os.environ.get("SLURM_JOB_ID"))
 
 
+def in_torchrun_rank(env=None) -> bool:
+    env = os.environ if env is None else env
+    return bool(env.get("TORCHELASTIC_RUN_ID") or env.get("LOCAL_RANK"))
+
+
+def local_gpu_count(env=None, driver_dir: str = "/proc/driver/nvidia/gpus") -> int:
+    """NVIDIA GPUs this host's jobs can see, without torch and without initialising CUDA:
+    the driver's per-GPU folders (``/proc/driver/nvidia/gpus``, Linux), narrowed by
+    ``CUDA_VISIBLE_DEVICES`` (``""`` or ``-1``: none). ``LMDLT_LOCAL_GPUS=N`` overrides the
+    count (e.g. to keep a GPU free, or where the driver has no ``/proc`` entry)."""
+    env = os.environ if env is None else env
+    forced = env.get(ENV_LOCAL_GPUS, "").strip()
+    if forced:
+        return max(0, int(forced))
+    try:
+        physical = len(os.listdir(driver_dir))
+    except OSError:
+        physical = 0
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is None or physical == 0:
+        return physical
+    # CUDA takes the entries up to the first invalid one (e.g. -1)
+    count = 0
+    for entry in (e.strip() for e in visible.split(",")):
+        if not entry or entry.startswith("-"):
+            break
+        count += 1
+    return min(count, physical)
+
+
+#: the commands that take ``--device`` (their default is ``auto``)
+DEVICE_COMMANDS = frozenset({"train-stage1", "extract", "train-stage2-encoder"})
+
+
+def wants_cuda(argv: list[str], env=None) -> bool:
+    """Whether ``lmdlt <argv>`` will use CUDA: ``--device cuda[:N]``, or ``auto`` (the default)
+    on a host with a visible GPU. Read from the argv alone: no torch, no CUDA call."""
+    if command_of(argv) not in DEVICE_COMMANDS:
+        return False
+    device = "auto"
+    for i, arg in enumerate(argv):
+        if arg == "--device" and i + 1 < len(argv):
+            device = argv[i + 1]
+        elif arg.startswith("--device="):
+            device = arg.split("=", 1)[1]
+    device = device.strip().lower()
+    if device.startswith("cuda"):
+        return True
+    return device == "auto" and local_gpu_count(env) > 0
+
+
 # -- client -----------------------------------------------------------------------------------
 
 def _read_line(conn: socket.socket, buf: bytearray) -> dict | None:
@@ -131,6 +201,10 @@ def run_in_server(argv: list[str]) -> int | None:
     None when no server is to be used (the caller then runs the command itself)."""
     path = os.environ.get(ENV_SOCKET)
     if not path or disabled() or in_slurm_job() or (argv[:1] == ["job-server"]):
+        return None
+    if in_torchrun_rank() or wants_cuda(argv):
+        # its own process, and nothing it starts (a torchrun, a subprocess) goes to the server
+        os.environ.pop(ENV_SOCKET, None)
         return None
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -180,6 +254,87 @@ def run_in_server(argv: list[str]) -> int | None:
 
 # -- server -----------------------------------------------------------------------------------
 
+def _env_int(env, *names: str) -> int | None:
+    for name in names:
+        try:
+            value = int(str(env.get(name, "")).strip())
+        except ValueError:
+            continue
+        if value > 0:
+            return value
+    return None
+
+
+def size_thread_pools(env) -> dict:
+    """Size the thread pools this (forked) process inherited to what ``env`` asks for, as a
+    process started with ``env`` would have sized them when its libraries loaded: OpenMP from
+    ``OMP_NUM_THREADS``, OpenBLAS from ``OPENBLAS_NUM_THREADS`` (then ``GOTO_``, ``OMP_``), MKL
+    from ``MKL_NUM_THREADS`` (then ``OMP_``), BLIS from ``BLIS_NUM_THREADS`` (then ``OMP_``),
+    torch's intra-op pool from ``OMP_NUM_THREADS``. Snakemake sets all of them to the rule's
+    ``threads``. A variable that is not set leaves its pool as it is (the server's size is
+    then what a fresh process gets too: the server was started with the same environment).
+    Returns the limits applied, by library."""
+    limits = {}
+    for api, names in (("openmp", ("OMP_NUM_THREADS",)),
+                       ("openblas", ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")),
+                       ("mkl", ("MKL_NUM_THREADS", "OMP_NUM_THREADS")),
+                       ("blis", ("BLIS_NUM_THREADS", "OMP_NUM_THREADS"))):
+        n = _env_int(env, *names)
+        if n is not None:
+            limits[api] = n
+    if limits and any(m in sys.modules for m in ("numpy", "torch", "sklearn", "scipy")):
+        from threadpoolctl import ThreadpoolController
+
+        controller = ThreadpoolController()  # the libraries loaded in this process
+        for api, n in limits.items():  # kept: the job's process lives as long as the job
+            selected = controller.select(internal_api=api)
+            if selected.lib_controllers:
+                selected.limit(limits=n)
+    torch = sys.modules.get("torch")
+    if torch is not None and "openmp" in limits:
+        torch.set_num_threads(limits["openmp"])
+        limits["torch"] = limits["openmp"]
+    return limits
+
+
+def cuda_initialised() -> bool:
+    """Whether this process has a CUDA context (asked without creating one)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    try:
+        return bool(torch.cuda.is_initialized())
+    except Exception:  # noqa: BLE001 - a torch without CUDA support
+        return False
+
+
+def lmdlt_sources() -> dict[str, float]:
+    """The source file and its mtime of every ``lmdlt`` module imported in this process."""
+    out = {}
+    for name, module in list(sys.modules.items()):
+        if name != "lmdlt" and not name.startswith("lmdlt."):
+            continue
+        path = getattr(module, "__file__", None)
+        if path:
+            try:
+                out[path] = os.stat(path).st_mtime_ns
+            except OSError:
+                pass
+    return out
+
+
+def changed_sources(loaded: dict[str, float]) -> list[str]:
+    """The files of ``loaded`` (:func:`lmdlt_sources` at import time) changed or gone since."""
+    changed = []
+    for path, mtime in loaded.items():
+        try:
+            if os.stat(path).st_mtime_ns != mtime:
+                changed.append(path)
+        except OSError:
+            changed.append(path)
+    return changed
+
+
 def _recv_exactly(conn: socket.socket, n: int) -> bytes:
     data = bytearray()
     while len(data) < n:
@@ -222,8 +377,13 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int]) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        os.environ.pop(ENV_SOCKET, None)  # nothing the job starts goes back to the server
         sys.argv = ["lmdlt", *request["argv"]]
         conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
+        size_thread_pools(request["env"])  # the rule's threads, not the server's pools
+        from .status import job_started
+
+        job_started(command_of(request["argv"]))  # host, pid, heartbeat: lmdlt status
 
         def watch_client():  # the job was killed (its client is gone): stop too
             try:
@@ -302,17 +462,47 @@ def serve(path: str, owner_pid: int | None = None, idle_timeout: float | None = 
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    # a torch.cuda.is_available() in a preloaded module must not call cuInit in this process
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     last = [time.monotonic()]
     loaded: set[str] = set()
     waiting: list[tuple[socket.socket, dict, list[int]]] = []
+    sources = lmdlt_sources()  # what a child would run, as imported: compared before each fork
+    broken: list[str] = []  # why the preload failed
+
+    def refusal() -> str | None:
+        """Why no job may be forked now (it then runs in its own process), or None."""
+        if broken:
+            return broken[0]
+        changed = changed_sources(sources)
+        if changed:
+            more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+            return (f"lmdlt source changed since the server imported it: {changed[0]}{more}; "
+                    f"the job runs the code on disk")
+        if cuda_initialised():  # a fork would share the context: never
+            return "CUDA was initialised in the job server: a forked job would share its context"
+        return None
+
+    def refuse(conn: socket.socket, fds: list[int], reason: str) -> None:
+        try:
+            conn.sendall(json.dumps({"refused": reason}).encode() + b"\n")
+        except OSError:
+            pass
+        conn.close()
+        for fd in fds:
+            os.close(fd)
 
     def ready(request: dict) -> bool:
-        if preloaded:
+        if preloaded or broken:
             return True
         need = NEEDS.get(command_of(request["argv"]) or "")
         return need is not None and need in loaded
 
     def fork(conn: socket.socket, request: dict, fds: list[int]) -> None:
+        reason = refusal()
+        if reason is not None:
+            refuse(conn, fds, reason)
+            return
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -351,12 +541,8 @@ def serve(path: str, owner_pid: int | None = None, idle_timeout: float | None = 
                 continue
             mine = installation()
             if request.get("installation") != mine:
-                conn.sendall(json.dumps({"refused": f"the client's lmdlt is "
-                                         f"{request.get('installation')}, the server's {mine}"}
-                                        ).encode() + b"\n")
-                conn.close()
-                for fd in fds:
-                    os.close(fd)
+                refuse(conn, fds, f"the client's lmdlt is {request.get('installation')}, the "
+                                  f"server's {mine}")
                 continue
             if ready(request):
                 fork(conn, request, fds)
@@ -366,13 +552,32 @@ def serve(path: str, owner_pid: int | None = None, idle_timeout: float | None = 
     preloaded = not preload
     try:
         if preload:
-            for name in preload_names():
+            names = preload_names()
+            while True:
                 serve_waiting(0)
                 if stop.is_set() or not _alive(owner_pid):
                     return
-                importlib.import_module(name)
+                name = "the list of method modules"
+                try:
+                    name = next(names, None)
+                    if name is None:
+                        break
+                    importlib.import_module(name)
+                except BaseException as e:  # noqa: BLE001 - e.g. a syntax error in one module
+                    import traceback
+
+                    traceback.print_exc()  # the server's log
+                    where = getattr(e, "filename", None)
+                    line = getattr(e, "lineno", None)
+                    at = f" ({where}, line {line})" if where and line else ""
+                    broken.append(f"its preload of {name} failed: {type(e).__name__}: "
+                                  f"{getattr(e, 'msg', None) or e}{at}; every job runs in its "
+                                  f"own process")
+                    print(f"lmdlt job server: {broken[0]}", file=sys.stderr, flush=True)
+                    break
                 loaded.add(name)
-            preloaded = True
+                sources.update({p: m for p, m in lmdlt_sources().items() if p not in sources})
+            preloaded = not broken
         while not stop.is_set() and _alive(owner_pid):
             if idle_timeout is not None and time.monotonic() - last[0] > idle_timeout:
                 break
@@ -503,4 +708,46 @@ def drop_local_rate_limiter(workflow) -> bool:
     if scheduler is None or getattr(scheduler, "job_rate_limiter", None) is None:
         return False
     scheduler.job_rate_limiter = None
+    return True
+
+
+#: the rules whose jobs run on the GPU when the config's device resolves to CUDA
+GPU_RULES = ("train_stage1", "extract_features", "train_stage2_encoder")
+
+
+def uses_cuda(device: str, gpus: int) -> bool:
+    """Whether ``compute.device`` runs on CUDA on a host with ``gpus`` visible GPUs."""
+    device = str(device).strip().lower()
+    return device.startswith("cuda") or (device == "auto" and gpus > 0)
+
+
+def request_gpus(rules, device: str, gpus: int, names=GPU_RULES) -> list[str]:
+    """Parse time: every GPU rule asks for one ``gpu`` resource when its jobs will use CUDA on
+    this host (``gpus`` > 0), unless it asks for some already (torchrun's N, a profile's
+    ``set-resources``). Returns the rules changed. With :func:`limit_gpu_jobs` at ``onstart``,
+    a local run then runs no more GPU jobs at once than there are GPUs."""
+    if gpus <= 0 or not uses_cuda(device, gpus):
+        return []
+    changed = []
+    for name in names:
+        resources = getattr(rules, name).rule.resources
+        if "gpu" not in resources:
+            resources.update({"gpu": 1})
+            changed.append(name)
+    return changed
+
+
+def limit_gpu_jobs(workflow, gpus: int) -> bool:
+    """``onstart`` of a local run: the scheduler's ``gpu`` resource is ``gpus``, as if the run
+    were given ``--resources gpu=<gpus>`` (a ``--resources gpu=N`` of the user's wins; no limit
+    where no GPU is visible, where no rule asks for one). Snakemake builds its scheduler's
+    resource table before ``onstart``, so both of its tables are set. Returns whether a limit
+    was set; does nothing on a Snakemake without those attributes."""
+    scheduler = getattr(workflow, "scheduler", None)
+    if gpus <= 0 or scheduler is None:
+        return False
+    table, free = getattr(scheduler, "global_resources", None), getattr(scheduler, "resources", None)
+    if not isinstance(table, dict) or not isinstance(free, dict) or "gpu" in table:
+        return False
+    table["gpu"] = free["gpu"] = gpus
     return True

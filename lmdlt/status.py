@@ -8,9 +8,23 @@ truncates it when a job starts, so a log holds one attempt), and a job is
   after it fails, and the pipeline writes outputs atomically);
 * ``failed`` when its output is absent and the log holds the CLI's error line
   (``lmdlt <command>: error: ...``), a Python traceback or a kill message;
-* ``stalled?`` when neither, and the log has not been written for much longer than the job's
-  own pace (a killed job, or a lost SLURM node: check ``squeue`` / the Snakemake log);
+* ``interrupted`` when its output is absent and its process is gone without an error: the job
+  wrote ``lmdlt <command>: interrupted by SIGINT`` (Ctrl-C of Snakemake reaches every job of
+  its terminal) or ``SIGTERM`` / ``SIGHUP``, or its process is no longer there (SIGKILL, a
+  crash);
+* ``interrupted?`` when its process runs on another host whose heartbeat stopped (a lost SLURM
+  node, a killed job there: check ``squeue`` / the Snakemake log);
+* ``stalled?`` when its process is alive (or cannot be checked) and the log has had no line for
+  much longer than the job's own pace (a hang);
 * ``running`` otherwise.
+
+How a job's process is known: every ``lmdlt`` command run as a job (its stderr a regular file,
+the rule's log) starts its log with ``lmdlt job: host H pid P start S heartbeat 60s``
+(:func:`job_started`; ``S`` is the process's start time from ``/proc``, so a reused pid is not
+taken for the job) and touches its log every 60 s while it lives. ``lmdlt status`` on the same
+host asks the kernel whether that process still exists; on another host it takes a log
+untouched for 5 heartbeats as a process that is gone. Logs without that line (a hand-run
+command, older logs) get the silent-log rule only.
 
 Progress comes from the log lines the stages write (``lmdlt.stage1.trainer``:
 ``epoch k/N loss ... val_bacc ...``; ``lmdlt.stage2.icc``: ``ICC iteration k/N: ... val_bacc
@@ -25,6 +39,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import signal
+import socket
+import stat
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +55,17 @@ FAILED = re.compile(r"^lmdlt [\w-]+: error: |^Traceback \(most recent call last\
                     r"\b(Killed|CANCELLED|DUE TO TIME LIMIT|Out of memory|oom-kill)\b", re.M)
 #: a running job whose log is silent this much longer than its pace is reported ``stalled?``
 STALL_FACTOR, STALL_MIN_S = 5.0, 600.0
+#: the job's record (first line of its log) and its end by a signal (:func:`job_started`)
+JOB = re.compile(r"\blmdlt job: host (\S+) pid (\d+) start (\S+) heartbeat (\d+)s\b")
+INTERRUPTED = re.compile(r"\blmdlt [\w-]+: interrupted by (SIG[A-Z]+)")
+#: the job server's last line of a job (lmdlt/job_server.py): its exit status
+SERVED_EXIT = re.compile(r"\blmdlt job server: job process \d+: exit (-?\d+)")
+#: a job touches its log this often; on another host, a log untouched for
+#: ``HEARTBEAT_MISSED`` heartbeats belongs to a process that is gone
+HEARTBEAT_S, HEARTBEAT_MISSED = 60, 5
+#: commands that are not pipeline jobs (read-only, or the server itself): no job record
+NOT_JOBS = frozenset({"status", "job-server", "unlock", "validate-config", "show-split",
+                      "split-summary", "init"})
 
 
 @dataclasses.dataclass
@@ -85,12 +114,25 @@ def read_lines(path: Path) -> list[str]:
 def parse_log(lines: list[str]) -> dict:
     """Progress facts from a log's lines."""
     out: dict = {"start": None, "last": None, "k": None, "n": None, "unit": "", "val_bacc": None,
-                 "k0": 0, "t_progress": None, "error": ""}
+                 "k0": 0, "t_progress": None, "error": "", "processes": [], "interrupted": "",
+                 "exit": None}
     for line in lines:
         t = _stamp(line)
         if t is not None:
             out["start"] = t if out["start"] is None else out["start"]
             out["last"] = t
+        m = JOB.search(line)
+        if m:  # one per process (torchrun: one per rank)
+            out["processes"].append((m.group(1), int(m.group(2)), m.group(3), int(m.group(4))))
+            continue
+        m = INTERRUPTED.search(line)
+        if m:
+            out["interrupted"] = out["interrupted"] or m.group(1)
+            continue
+        m = SERVED_EXIT.search(line)
+        if m:
+            out["exit"] = int(m.group(1))
+            continue
         m = RESUMED.search(line)
         if m:  # steps done before this attempt: not in its pace
             out["k0"] = out["k"] = int(m.group(1))
@@ -175,6 +217,63 @@ def classify(log: Path, root: Path) -> tuple[str, str, int | None, Path | None]:
     return "other", stem, seed, None
 
 
+def process_start(pid: int) -> str:
+    """The process's start time in clock ticks since boot (``/proc/<pid>/stat``, field 22), or
+    ``-`` where there is no ``/proc``: with the pid, it names one process (pids are reused)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return "-"
+    return fields[19].decode() if len(fields) > 19 else "-"
+
+
+def process_alive(pid: int, start: str = "-") -> bool:
+    """Whether process ``pid`` of this host exists, is not a zombie, and (when ``start`` is
+    known) is the process that started at ``start``."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        pass
+    except OSError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): the kill probe is all there is
+    if fields and fields[0] == b"Z":
+        return False
+    return start == "-" or len(fields) <= 19 or fields[19].decode() == start
+
+
+def process_gone(processes: list, log_mtime: float, now: float) -> tuple[str, str] | None:
+    """``(state, why)`` when every process recorded in a log is gone, else None (alive, or no
+    record: nothing can be said). Same host: the kernel says; another host: the log's
+    heartbeat (its mtime) stopped ``HEARTBEAT_MISSED`` heartbeats ago."""
+    if not processes:
+        return None
+    here = socket.gethostname()
+    reasons, certain = [], True
+    for host, pid, start, heartbeat in processes:
+        if host == here:
+            if process_alive(pid, start):
+                return None
+            reasons.append(f"process {pid} ended")
+        else:
+            quiet = now - log_mtime
+            if heartbeat <= 0 or quiet <= HEARTBEAT_MISSED * heartbeat:
+                return None
+            certain = False
+            reasons.append(f"no heartbeat from process {pid} on {host} for {fmt_duration(quiet)}")
+    why = ("killed or crashed" if certain else "killed, or its node lost: check squeue or the "
+           "Snakemake log")
+    return ("interrupted" if certain else "interrupted?"), \
+        "; ".join(reasons) + f" without an error line or its output ({why})"
+
+
 def job_status(log: Path, root: Path, now: float | None = None) -> Job:
     now = time.time() if now is None else now
     stage, variant, seed, output = classify(log, root)
@@ -184,24 +283,37 @@ def job_status(log: Path, root: Path, now: float | None = None) -> Job:
     except OSError:
         log_mtime = now
     start = facts["start"] if facts["start"] is not None else log_mtime
+    # a job that records a heartbeat touches its log: the last line's stamp is its last write
+    beats = any(p[3] > 0 for p in facts["processes"])
+    last_write = (facts["last"] or start) if beats else log_mtime
     done = output is not None and output.exists()
+    gone = None
     if done:
         state = "done"
         end = max(output.stat().st_mtime, facts["last"] or start)
+        error = ""
+    elif facts["interrupted"]:
+        state, end = "interrupted", max(facts["last"] or start, start)
+        error = f"interrupted by {facts['interrupted']}"
     elif facts["error"]:
-        state, end = "failed", max(log_mtime, facts["last"] or start)
+        state, end, error = "failed", max(log_mtime, facts["last"] or start), facts["error"]
+    elif facts["exit"] not in (None, 0):
+        state, end = "failed", facts["last"] or start
+        error = f"exit status {facts['exit']} without an error line"
+    elif (gone := process_gone(facts["processes"], log_mtime, now)) is not None:
+        (state, error), end = gone, facts["last"] or start
     else:
-        state, end = "running", now
+        state, end, error = "running", now, ""
     job = Job(stage, variant, seed, state, facts["unit"], facts["k"], facts["n"],
-              facts["val_bacc"], max(0.0, end - start), None, str(log), facts["error"])
+              facts["val_bacc"], max(0.0, end - start), None, str(log), error)
     if state == "running" and facts["k"] is not None and facts["t_progress"] is not None:
         steps = facts["k"] - facts["k0"]
         if steps > 0 and facts["t_progress"] > start:
             pace = (facts["t_progress"] - start) / steps
             job.eta_s = max(0.0, pace * (facts["n"] - facts["k"]) - (now - facts["t_progress"]))
-            if now - log_mtime > max(STALL_MIN_S, STALL_FACTOR * pace):
+            if now - last_write > max(STALL_MIN_S, STALL_FACTOR * pace):
                 job.state, job.eta_s = "stalled?", None
-    elif state == "running" and now - log_mtime > 6 * STALL_MIN_S:
+    elif state == "running" and now - last_write > 6 * STALL_MIN_S:
         job.state = "stalled?"
     return job
 
@@ -257,11 +369,77 @@ def render(root: Path, jobs: list[Job]) -> str:
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     for j in jobs:
-        if j.state == "failed":
-            lines.append(f"failed: {j.stage} {j.variant} seed {j.seed}: {j.error} (log {j.log})")
+        if j.state in ("failed", "interrupted", "interrupted?"):
+            lines.append(f"{j.state}: {j.stage} {j.variant} seed {j.seed}: {j.error} (log {j.log})")
     return "\n".join(lines)
 
 
 def status_text(path: str | os.PathLike = "results", include_all: bool = False) -> str:
     return "\n\n".join(render(d, collect(d, include_all=include_all))
                        for d in dataset_dirs(Path(path)))
+
+
+# -- the job's side: what status reads --------------------------------------------------------
+
+def _log_line(text: str) -> None:
+    """``text`` as one time-stamped line on fd 2 (the log), in the logging format the parser
+    reads; ``os.write``, so that a signal handler may call it while a stream is mid-write."""
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
+    try:
+        os.write(2, f"{stamp} {text}\n".encode("utf-8", "backslashreplace"))
+    except OSError:
+        pass
+
+
+def _heartbeat(every: float) -> None:
+    while True:
+        time.sleep(every)
+        try:
+            os.utime(2)  # the log's mtime: this process is alive (read from other hosts)
+        except OSError:
+            return
+
+
+def job_started(command: str | None, heartbeat_s: float = HEARTBEAT_S) -> bool:
+    """Record this process in its job's log, for ``lmdlt status``; returns whether it did.
+
+    Only a job's process does this: one whose stderr is a regular file (Snakemake's log
+    redirect), for a pipeline command. It writes ``lmdlt job: host H pid P start S heartbeat
+    60s``, touches the log every ``heartbeat_s`` seconds from a daemon thread, and on SIGINT /
+    SIGTERM / SIGHUP writes ``lmdlt <command>: interrupted by SIGxxx`` before ending as the
+    signal would (SIGINT: KeyboardInterrupt, so ``finally`` blocks run; the others: the default
+    action, the exit status a killed process has). Handlers are installed only where the
+    signal has its default handler (the main thread of a plain process or a job-server child)."""
+    if not command or command in NOT_JOBS:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(2).st_mode):
+            return False
+    except OSError:
+        return False
+    pid = os.getpid()
+    beat = heartbeat_s > 0 and os.utime in os.supports_fd
+    _log_line(f"lmdlt job: host {socket.gethostname()} pid {pid} start {process_start(pid)} "
+              f"heartbeat {max(1, round(heartbeat_s)) if beat else 0}s")
+
+    def on_signal(signum, _frame):
+        if os.getpid() == pid:  # not in a forked worker (DataLoader) that inherited it
+            _log_line(f"lmdlt {command}: interrupted by {signal.Signals(signum).name}")
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    defaults = {signal.SIGINT: (signal.default_int_handler, signal.SIG_DFL),
+                signal.SIGTERM: (signal.SIG_DFL,), signal.SIGHUP: (signal.SIG_DFL,)}
+    for signum, default in defaults.items():
+        try:
+            if signal.getsignal(signum) in default:
+                signal.signal(signum, on_signal)
+        except (ValueError, OSError):  # not the main thread
+            break
+    if beat:
+        threading.Thread(target=_heartbeat, args=(heartbeat_s,), daemon=True,
+                         name="lmdlt-heartbeat").start()
+    return True

@@ -331,3 +331,242 @@ def test_a_job_the_client_cannot_hand_over_runs_in_the_client(socket_path, monke
         assert "could not hand the job" in capfd.readouterr().err
     finally:
         server.terminate()
+
+
+# -- as safe as plain processes: thread pools, a failed preload, changed sources, CUDA ----------
+
+def _pool_sizes():
+    from threadpoolctl import threadpool_info
+
+    import torch
+
+    return {"pools": sorted({(p["internal_api"], p["num_threads"]) for p in threadpool_info()}),
+            "torch": torch.get_num_threads()}
+
+
+def test_a_job_sizes_its_thread_pools_to_the_rules_threads(socket_path, tmp_path):
+    """Snakemake sets OMP/MKL/OPENBLAS_NUM_THREADS to the rule's threads in the job's
+    environment; numpy, torch and scikit-learn read them when imported, in the server. The
+    child must have the pools a fresh process with the job's environment would have."""
+    import numpy  # noqa: F401 - loads OpenBLAS (and its pool) before the server forks
+    import torch  # noqa: F401 - and its OpenMP pool
+
+    def report_pools(argv):
+        Path(argv[-1]).write_text(json.dumps(_pool_sizes()))
+        return 0
+
+    def target():
+        from threadpoolctl import threadpool_limits
+
+        import torch as t
+
+        threadpool_limits(3)  # the server's pools: sized from its own environment
+        t.set_num_threads(3)
+        cli.main = report_pools
+        job_server.serve(socket_path, preload=False)
+
+    proc = multiprocessing.get_context("fork").Process(target=target, daemon=True)
+    proc.start()
+    wait_for(lambda: os.path.exists(socket_path), what="the server's socket")
+    try:
+        for threads in (1, 2):
+            env = {v: str(threads) for v in ("OMP_NUM_THREADS", "GOTO_NUM_THREADS",
+                                               "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+            out = tmp_path / f"pools{threads}.json"
+            job = client(socket_path, "train-stage2", str(out), env=env)
+            _, err = job.communicate(timeout=60)
+            assert job.returncode == 0, err
+            seen = json.loads(out.read_text())
+            assert seen["torch"] == threads
+            assert seen["pools"] and all(n == threads for _, n in seen["pools"]), seen
+    finally:
+        proc.terminate()
+
+
+def test_a_failed_preload_runs_every_job_in_its_own_process_with_the_error_in_its_log(
+        socket_path, tmp_path, monkeypatch):
+    """A syntax error in one preloaded module (every method module is preloaded) must not fail
+    every job: each job runs in its own process and its log says why."""
+    broken = tmp_path / "mods"
+    broken.mkdir()
+    (broken / "lmdlt_broken_method.py").write_text("def f(:\n    pass\n")
+    # a long import first (torch, in a run): the first job connects and waits meanwhile
+    (broken / "lmdlt_slow_import.py").write_text("import time\ntime.sleep(1.5)\n")
+
+    def target():
+        sys.path.insert(0, str(broken))
+        job_server.PRELOAD = ("json", "lmdlt_slow_import", "lmdlt_broken_method", "csv")
+        job_server.serve(socket_path, preload=True)
+
+    proc = multiprocessing.get_context("fork").Process(target=target, daemon=True)
+    proc.start()
+    wait_for(lambda: os.path.exists(socket_path), what="the server's socket")
+    try:
+        exp = tmp_path / "results" / "exp"
+        (exp / "logs").mkdir(parents=True)
+        log = tmp_path / "job.log"
+        for _ in range(2):  # every job, not just the first
+            with open(log, "w") as f:
+                env = {**os.environ, job_server.ENV_SOCKET: socket_path}
+                job = subprocess.run([sys.executable, "-m", "lmdlt", "status", str(exp)],
+                                     cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=f,
+                                     text=True, timeout=60)
+            text = log.read_text()
+            assert job.returncode == 0, text  # it ran, in its own process
+            assert "no job has started" in job.stdout
+            assert "refused the job (its preload of lmdlt_broken_method failed: SyntaxError" in text
+            assert "lmdlt_broken_method.py, line 1" in text
+            assert "closed the connection" not in text and "job server: job process" not in text
+    finally:
+        proc.terminate()
+
+
+def test_a_changed_lmdlt_source_makes_jobs_run_fresh(socket_path, tmp_path, monkeypatch):
+    """A preloaded lmdlt module edited since the server imported it: the job runs in its own
+    process (which imports the file as it is now), not in a fork holding the old code."""
+    import types
+
+    source = tmp_path / "probe.py"
+    source.write_text("X = 1\n")
+    probe = types.ModuleType("lmdlt._probe_for_tests")
+    probe.__file__ = str(source)
+    monkeypatch.setitem(sys.modules, "lmdlt._probe_for_tests", probe)  # as if preloaded
+    server = fake_main_server(socket_path, lambda argv: 7)
+    try:
+        monkeypatch.setenv(job_server.ENV_SOCKET, socket_path)
+        monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+        assert job_server.run_in_server(["evaluate"]) == 7  # unchanged: served
+        later = source.stat().st_mtime + 5
+        os.utime(source, (later, later))
+        assert job_server.run_in_server(["evaluate"]) is None
+    finally:
+        server.terminate()
+
+
+def test_a_server_with_cuda_initialised_forks_no_job(socket_path, monkeypatch, capfd):
+    import torch
+
+    def target():
+        torch.cuda.is_initialized = lambda: True  # a preloaded module initialised CUDA
+        job_server.serve(socket_path, preload=False)
+
+    proc = multiprocessing.get_context("fork").Process(target=target, daemon=True)
+    proc.start()
+    wait_for(lambda: os.path.exists(socket_path), what="the server's socket")
+    try:
+        monkeypatch.setenv(job_server.ENV_SOCKET, socket_path)
+        monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+        assert job_server.run_in_server(["evaluate"]) is None
+        assert "CUDA was initialised in the job server" in capfd.readouterr().err
+    finally:
+        proc.terminate()
+
+
+def test_the_preload_never_asks_cuda_anything():
+    """torch.cuda.is_available() calls cuInit (unless PYTORCH_NVML_BASED_CUDA_CHECK=1): no
+    preloaded module may call it, nor anything else that initialises CUDA, at import."""
+    code = """
+import os, sys
+import torch
+calls = []
+def spy(name, real):
+    def f(*a, **k):
+        calls.append(name)
+        return real(*a, **k)
+    return f
+for name in ("is_available", "device_count", "_lazy_init", "init", "current_device"):
+    setattr(torch.cuda, name, spy(name, getattr(torch.cuda, name)))
+torch._C._cuda_getDeviceCount = spy("_cuda_getDeviceCount", torch._C._cuda_getDeviceCount)
+from lmdlt import job_server
+job_server.preload_modules()
+print(calls, torch.cuda.is_initialized())
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTORCH_NVML_BASED_CUDA_CHECK"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split("\n")[-2] == "[] False", out.stdout
+
+
+# -- CUDA jobs and torchrun ranks: their own processes; local GPU jobs: no more than GPUs -------
+
+@pytest.mark.parametrize("argv, gpus, served", [
+    (["train-stage1", "--device", "cuda"], "0", False),
+    (["extract", "--device=cuda:1"], "0", False),
+    (["train-stage2-encoder", "--device", "auto"], "1", False),  # auto on a host with a GPU
+    (["train-stage1"], "2", False),                                # --device defaults to auto
+    (["train-stage1", "--device", "auto"], "0", True),             # auto without a GPU: the CPU
+    (["train-stage1", "--device", "cpu"], "1", True),
+    (["train-stage2", "--threads", "1"], "1", True),               # no device: features only
+])
+def test_a_cuda_job_runs_in_its_own_process(socket_path, monkeypatch, argv, gpus, served):
+    server = fake_main_server(socket_path, lambda argv: 7)
+    try:
+        monkeypatch.setenv(job_server.ENV_SOCKET, socket_path)
+        monkeypatch.setenv(job_server.ENV_LOCAL_GPUS, gpus)
+        monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+        assert job_server.run_in_server(argv) == (7 if served else None)
+        # nothing the job starts (a subprocess, torchrun) finds the server's address
+        assert (job_server.ENV_SOCKET in os.environ) is served
+    finally:
+        server.terminate()
+
+
+def test_a_torchrun_rank_runs_in_its_own_process(socket_path, monkeypatch):
+    server = fake_main_server(socket_path, lambda argv: 7)
+    try:
+        monkeypatch.setenv(job_server.ENV_SOCKET, socket_path)
+        monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+        monkeypatch.setenv(job_server.ENV_LOCAL_GPUS, "0")
+        for var in ("TORCHELASTIC_RUN_ID", "LOCAL_RANK"):
+            monkeypatch.delenv(var, raising=False)
+        assert job_server.run_in_server(["train-stage1", "--device", "cpu"]) == 7
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")
+        monkeypatch.setenv("LOCAL_RANK", "1")
+        assert job_server.run_in_server(["train-stage1", "--device", "cpu"]) is None
+        assert job_server.ENV_SOCKET not in os.environ
+    finally:
+        server.terminate()
+
+
+def test_the_local_gpu_count_reads_the_driver_and_cuda_visible_devices(tmp_path):
+    gpus = tmp_path / "gpus"
+    gpus.mkdir()
+    for bus in ("0000:01:00.0", "0000:41:00.0", "0000:81:00.0"):
+        (gpus / bus).mkdir()
+    count = lambda env: job_server.local_gpu_count(env, driver_dir=str(gpus))  # noqa: E731
+    assert count({}) == 3
+    assert count({"CUDA_VISIBLE_DEVICES": "0,2"}) == 2
+    assert count({"CUDA_VISIBLE_DEVICES": ""}) == 0
+    assert count({"CUDA_VISIBLE_DEVICES": "-1"}) == 0
+    assert count({"CUDA_VISIBLE_DEVICES": "1,-1,2"}) == 1  # CUDA stops at the first invalid one
+    assert count({"CUDA_VISIBLE_DEVICES": "0,1,2,3,4"}) == 3
+    assert count({job_server.ENV_LOCAL_GPUS: "1"}) == 1
+    assert job_server.local_gpu_count({}, driver_dir=str(tmp_path / "none")) == 0
+
+
+class _Rule:
+    def __init__(self, **resources):
+        self.rule = type("R", (), {"resources": dict(resources)})()
+
+
+def test_local_gpu_jobs_ask_for_a_gpu_and_the_run_has_as_many_as_there_are():
+    rules = type("Rules", (), {"train_stage1": _Rule(gpu=4), "extract_features": _Rule(),
+                               "train_stage2_encoder": _Rule(_cores=1)})()
+    assert job_server.request_gpus(rules, "cpu", 2) == []
+    assert job_server.request_gpus(rules, "auto", 0) == []  # no GPU here: CPU jobs, no limit
+    assert job_server.request_gpus(rules, "auto", 2) == ["extract_features", "train_stage2_encoder"]
+    assert rules.train_stage1.rule.resources["gpu"] == 4  # torchrun's N (or a profile's) kept
+    assert rules.extract_features.rule.resources["gpu"] == 1
+
+    class Scheduler:
+        def __init__(self, **given):
+            self.global_resources = {"_cores": 8, **given}
+            self.resources = dict(self.global_resources)
+
+    workflow = type("W", (), {"scheduler": Scheduler()})()
+    assert job_server.limit_gpu_jobs(workflow, 2)
+    assert workflow.scheduler.global_resources["gpu"] == workflow.scheduler.resources["gpu"] == 2
+    mine = type("W", (), {"scheduler": Scheduler(gpu=1)})()  # --resources gpu=1 of the user
+    assert not job_server.limit_gpu_jobs(mine, 2) and mine.scheduler.global_resources["gpu"] == 1
+    assert not job_server.limit_gpu_jobs(type("W", (), {"scheduler": Scheduler()})(), 0)

@@ -162,3 +162,178 @@ def test_every_report_job_is_done_once_its_output_exists(tmp_path):
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("")
         assert classify(log, root) == ("report", stem, None, out)
+
+
+# -- interrupted and killed jobs: no job is shown running whose process is gone ---------------
+
+def _job_log(root):
+    log = root / "logs" / "seed0" / "stage1_ce.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return log
+
+
+def _wait_for_job_record(log, proc, timeout=3.0):
+    """Until the job's first line is in its log (at most ``timeout`` s: on a version without
+    job records the test goes on, and shows what a user would see)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if "lmdlt job: host" in log.read_text(errors="replace"):
+            return
+        time.sleep(0.01)
+
+
+STAGE1_ARGV = ["train-stage1", "--split", "split.parquet", "--images", "images.h5", "--params",
+               '{"method": "ce"}', "--seed", "0", "--threads", "1", "--device", "cpu", "--out",
+               "results/exp/seed0/stage1/ce/model.pt"]
+
+
+def _sleeping_train_stage1(_args):
+    time.sleep(120)  # a training that runs until it is killed
+
+
+def _stage1_job(tmp_path, log_file, env=None):
+    """`lmdlt train-stage1` as a Snakemake job runs it (the `lmdlt` command, its stderr the log),
+    whose training is a sleep: a job that runs until it is killed."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; import lmdlt.cli as cli; "
+            "cli.cmd_train_stage1 = lambda a: time.sleep(120); "
+            f"sys.argv = ['lmdlt', *{STAGE1_ARGV!r}]; sys.exit(cli.main())")
+    return subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=log_file,
+                            stderr=log_file, env=env)
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT"])
+def test_a_killed_or_interrupted_job_is_not_shown_running(tmp_path, how):
+    """SIGINT: what Ctrl-C of Snakemake sends every job of its terminal; SIGTERM: a kill, or
+    Snakemake cancelling; SIGKILL: nothing can be written, the process is just gone."""
+    import signal
+
+    root = tmp_path / "results" / "exp"
+    log = _job_log(root)
+    with open(log, "wb") as f:
+        proc = _stage1_job(tmp_path, f)
+    _wait_for_job_record(log, proc)
+    proc.send_signal(getattr(signal, how))
+    proc.wait(timeout=30)
+    job = collect(root)[0]
+    assert (job.stage, job.variant) == ("stage1", "ce")
+    assert job.state == "interrupted", log.read_text()
+    assert (f"interrupted by {how}" if how != "SIGKILL" else f"process {proc.pid} ended") in job.error
+    assert job.eta_s is None
+    text = status_text(root)
+    assert text.splitlines()[0] == f"{root}: 1 interrupted"
+    assert f"interrupted: stage1 ce seed 0: " in text
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_a_job_of_the_job_server_killed_through_its_client_is_not_shown_running(tmp_path, how):
+    """In a local run the job's process is a fork of the job server; its client is what
+    Snakemake (and Ctrl-C) signals."""
+    import multiprocessing
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    from lmdlt import cli, job_server
+
+    folder = tempfile.mkdtemp(prefix="lmdlt-test-")
+    sock = os.path.join(folder, "socket")
+
+    def serve():
+        cli.cmd_train_stage1 = _sleeping_train_stage1
+        job_server.serve(sock, preload=False)
+
+    server = multiprocessing.get_context("fork").Process(target=serve, daemon=True)
+    server.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(sock) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        root = tmp_path / "results" / "exp"
+        log = _job_log(root)
+        env = {**os.environ, job_server.ENV_SOCKET: sock}
+        env.pop("SLURM_JOB_ID", None)
+        with open(log, "wb") as f:
+            client = subprocess.Popen([sys.executable, "-m", "lmdlt", *STAGE1_ARGV], cwd=tmp_path,
+                                      stdout=f, stderr=f, env=env)
+        _wait_for_job_record(log, client)
+        client.send_signal(getattr(signal, how))
+        client.wait(timeout=30)
+        deadline = time.monotonic() + 10  # the job's process ends just after its client
+        while collect(root)[0].state == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        job = collect(root)[0]
+        assert job.state == "interrupted", log.read_text()
+        assert "interrupted by SIG" in job.error
+    finally:
+        server.terminate()
+        server.join(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _record(host, pid, start="-", heartbeat=60, t=None):
+    t = time.time() - 100 if t is None else t
+    return f"{ts(t)} lmdlt job: host {host} pid {pid} start {start} heartbeat {heartbeat}s"
+
+
+def test_a_job_on_another_host_is_gone_when_its_heartbeat_stopped(tmp_path):
+    now = time.time()
+    root = tmp_path / "r"
+    log = write(_job_log(root), [_record("other-node", 4242, t=now - 90)] + epoch_lines(now - 90, 2, 10, per=20),
+                mtime=now - 30)
+    assert collect(root, now=now)[0].state == "running"  # touched 30 s ago: alive
+    os.utime(log, (now - 400, now - 400))  # 5 heartbeats of 60 s missed
+    job = collect(root, now=now)[0]
+    assert job.state == "interrupted?" and "no heartbeat from process 4242 on other-node" in job.error
+    # a job whose heartbeat is fresh but whose log has had no line for an hour: a hang
+    write(log, [_record("other-node", 4242, t=now - 4000)] + epoch_lines(now - 4000, 2, 20, per=60),
+          mtime=now - 5)
+    assert collect(root, now=now)[0].state == "stalled?"
+
+
+def test_a_reused_pid_is_not_taken_for_the_job(tmp_path):
+    from lmdlt.status import process_start
+
+    root = tmp_path / "r"
+    here = __import__("socket").gethostname()
+    pid = os.getpid()  # alive, but it started at another time than the recorded one
+    write(_job_log(root), [_record(here, pid, start=process_start(pid))])
+    assert collect(root)[0].state == "running"
+    if process_start(pid) == "-":
+        pytest.skip("no /proc: a process's start time cannot be read here")
+    write(_job_log(root), [_record(here, pid, start="1")])
+    assert collect(root)[0].state == "interrupted"
+
+
+def test_a_job_touches_its_log_while_it_lives(tmp_path):
+    import subprocess
+    import sys
+
+    log = tmp_path / "job.log"
+    code = ("import time; from lmdlt.status import job_started; "
+            "assert job_started('train-stage1', heartbeat_s=0.2); time.sleep(3)")
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([sys.executable, "-c", code], stderr=f)
+    try:
+        deadline = time.monotonic() + 10
+        while "lmdlt job:" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first = log.stat().st_mtime_ns
+        time.sleep(1.0)
+        assert log.stat().st_mtime_ns > first, "no heartbeat"
+        assert log.read_text().count("\n") == 1  # touched, not written to
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_no_job_record_where_stderr_is_not_a_log(tmp_path):
+    from lmdlt.status import job_started
+
+    assert not job_started("status")  # not a job
+    # pytest's capture of fd 2 is a file: a job command is recorded only when asked for; the
+    # CLI asks only in the `lmdlt` process itself (main() without argv), never in-process

@@ -158,7 +158,14 @@ def check_data_before_jobs():
 # call runs in a fork of it, so a job costs its work, not 3-6 s of imports (docs/benchmarks.md
 # section 9). Local runs only: a SLURM job runs in its own allocation. LMDLT_NO_JOB_SERVER=1
 # turns it off (every job then runs in its own process, with the same outputs).
-from lmdlt.job_server import WorkflowServer, drop_local_rate_limiter, may_run_jobs
+from lmdlt.job_server import (
+    WorkflowServer,
+    drop_local_rate_limiter,
+    limit_gpu_jobs,
+    local_gpu_count,
+    may_run_jobs,
+    request_gpus,
+)
 
 # `--sdm conda`: each rule runs in workflow/envs/lmdlt.yaml's environment, into which
 # workflow/envs/lmdlt.post-deploy.sh installs the checkout named by LMDLT_SOURCE (this one,
@@ -176,10 +183,39 @@ JOB_SERVER_LOG = ".snakemake/lmdlt-job-server.log"
 if may_run_jobs(sys.argv):
     JOB_SERVER.launch(JOB_SERVER_LOG)
 
+# Local GPU jobs: each asks for one `gpu` and a local run has as many as are visible here
+# (no torch, no CUDA call: lmdlt.job_server.local_gpu_count; LMDLT_LOCAL_GPUS=N overrides), so
+# GPU jobs never share a GPU; the Snakefile calls request_local_gpus() once every rule exists.
+LOCAL_GPUS = local_gpu_count()
+
+
+def request_local_gpus():
+    request_gpus(rules, DEVICE, LOCAL_GPUS)
+
+
+# One writer per experiment (lmdlt/run_lock.py): a run about to run jobs holds
+# ROOT/.lmdlt-run.lock until it ends; a second run of this experiment from another clone or
+# host stops in onstart, naming the first. Dry runs, --list, --summary, --report never get there.
+from lmdlt.run_lock import RunLock, RunLockError
+
+RUN_LOCK = RunLock(ROOT, clone=workflow.basedir)
+
+
+def take_run_lock():
+    try:
+        RUN_LOCK.acquire()
+    except RunLockError as e:
+        raise WorkflowError(str(e))
+    if RUN_LOCK.notice:
+        print(RUN_LOCK.notice, file=sys.stderr)
+
 
 onstart:
+    take_run_lock()
     check_data_before_jobs()
     if workflow.local_exec:
+        if limit_gpu_jobs(workflow, LOCAL_GPUS):
+            print(f"lmdlt: local run: at most {LOCAL_GPUS} GPU job(s) at once", file=sys.stderr)
         JOB_SERVER.start(JOB_SERVER_LOG)
         if drop_local_rate_limiter(workflow):  # why: lmdlt/job_server.py
             print(
@@ -192,7 +228,9 @@ onstart:
 
 onsuccess:
     JOB_SERVER.stop()
+    RUN_LOCK.release()
 
 
 onerror:
     JOB_SERVER.stop()
+    RUN_LOCK.release()
