@@ -3,11 +3,13 @@
 
 rule image_cache:
     output:
-        IMAGE_CACHE_DIR + "/images_{size}px.h5",
+        f"{IMAGE_CACHE_DIR}/images_{{size}}px.h5",
     log:
-        IMAGE_CACHE_DIR + "/logs/images_{size}px.log",
+        f"{IMAGE_CACHE_DIR}/logs/images_{{size}}px.log",
     benchmark:
-        IMAGE_CACHE_DIR + "/benchmarks/images_{size}px.tsv"
+        f"{IMAGE_CACHE_DIR}/benchmarks/images_{{size}}px.tsv"
+    conda:
+        "../envs/lmdlt.yaml"
     params:
         dataset=as_json(source_params()),
     shell:
@@ -24,9 +26,11 @@ rule split:
     output:
         SPLIT,
     log:
-        LOGS + "/seed{seed}/split.log",
+        f"{LOGS}/seed{{seed}}/split.log",
     benchmark:
-        BENCHMARKS + "/seed{seed}/split.tsv"
+        f"{BENCHMARKS}/seed{{seed}}/split.tsv"
+    conda:
+        "../envs/lmdlt.yaml"
     params:
         **split_params(),
     shell:
