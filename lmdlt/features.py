@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 import torch
 
-from .data.image_cache import ImageCache
+from .data.image_cache import ImageCache, check_cache_matches
 from .data.splits import SPLITS, read_manifest
 from .io import atomic_path, check_config_hash, h5_read_provenance, h5_write_provenance, open_h5, provenance, sha256_file
 from .runtime import autocast, resolve_precision, select_device, setup_torch, use_channels_last
@@ -139,6 +139,7 @@ def extract_features(checkpoint_path, manifest_path, cache_path, out_path,
                          f"{meta['provenance']['parents'].get('split')}, not on {manifest_path} "
                          f"({man_meta['content_hash']})")
     cache = ImageCache(cache_path)
+    check_cache_matches(cache, manifest_path, man_meta, table["id"].tolist())  # same data, every id
     log.info("device %s, precision %s, channels_last %s", dev, prec, cl)
     seed = meta["provenance"]["seed"]
     config = {"batch_size": batch_size, "precision": prec, "channels_last": cl,

@@ -2,7 +2,10 @@
 
 Given an ImageFolder tree (``<root>/<class>/<image>``) or a CSV list (``path,label[,group]``,
 :mod:`lmdlt.data.sources.csv_list`), this reads the index (class names and counts; no image is
-decoded) and the header of one image (its size and pixel mode), then writes a commented
+decoded) and the header of every image (its size and pixel mode: cheap, no pixel decoded;
+channels are 3 when any image is in colour, and mixed modes are stated in the config and the
+log; a file whose header cannot be read is named, and more than 1% of them is an error),
+then writes a commented
 experiment config that :func:`lmdlt.config.validate_config` accepts and that runs with
 ``snakemake --cores N --configfile <that file>``:
 
@@ -26,6 +29,7 @@ import math
 import os
 import re
 import textwrap
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +44,7 @@ MIN_TAIL_TRAIN = 5
 #: fewest images the lmd scheme may keep of the tail class (7:1:2: 1 val, 2 test, 4+ train)
 MIN_TAIL_KEPT = 10
 GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+log = logging.getLogger("lmdlt.init")
 
 SCALES = {
     "cpu": {
@@ -73,11 +78,36 @@ class DataLook:
     counts: list[int]              # per class, in class_names order
     grouped: bool
     n_groups: int | None
-    image_size: tuple[int, int]    # (width, height) of the first image
-    image_mode: str
-    channels: int
+    image_size: tuple[int, int]    # (width, height) most images have
+    image_mode: str                # the pixel mode most images have
+    channels: int                  # 3 when any image is in colour, else 1
     options: dict = field(default_factory=dict)
     index: object = field(default=None, repr=False)  # the SourceIndex read
+    image_modes: dict = field(default_factory=dict)   # pixel mode -> images
+    image_sizes: dict = field(default_factory=dict)   # (width, height) -> images
+    unreadable: list = field(default_factory=list)    # (file, why): headers that cannot be read
+
+    @property
+    def modes_text(self) -> str:
+        """``RGB 31, L 1 (mixed: grey images are repeated to 3 bands)`` or ``RGB``."""
+        modes = sorted(self.image_modes.items(), key=lambda kv: (-kv[1], kv[0]))
+        if len(modes) <= 1:
+            return modes[0][0] if modes else self.image_mode
+        kinds = {m in GREY_MODES for m, _ in modes}
+        note = ("grey images are repeated to 3 bands" if self.channels == 3 and len(kinds) > 1
+                else "each converted to " + ("RGB" if self.channels == 3 else "grey"))
+        return ", ".join(f"{m} {n}" for m, n in modes) + f" (mixed: {note})"
+
+    @property
+    def sizes_text(self) -> str:
+        """``200x150`` or ``30x40 to 600x450 (most 200x150: 30 images)``."""
+        if len(self.image_sizes) <= 1:
+            w, h = self.image_size
+            return f"{w}x{h}"
+        by_area = sorted(self.image_sizes, key=lambda s: (s[0] * s[1], s))
+        (w, h), n = self.image_size, self.image_sizes[self.image_size]
+        lo, hi = by_area[0], by_area[-1]
+        return f"{lo[0]}x{lo[1]} to {hi[0]}x{hi[1]} (most {w}x{h}: {n} images)"
 
     @property
     def natural_imbalance(self) -> float:
@@ -90,8 +120,24 @@ class SplitChoice:
     reason: list[str]              # comment lines
 
 
+def read_headers(files) -> tuple[Counter, Counter, list]:
+    """(pixel modes, sizes, unreadable ``(file, why)``) of every image's header: PIL reads the
+    header only, no pixel is decoded."""
+    modes: Counter = Counter()
+    sizes: Counter = Counter()
+    bad = []
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                modes[im.mode] += 1
+                sizes[im.size] += 1
+        except (OSError, SyntaxError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+            bad.append((str(p), str(e).splitlines()[0] if str(e) else type(e).__name__))
+    return modes, sizes, bad
+
+
 def look(data: str | os.PathLike) -> DataLook:
-    """Index the data (ImageFolder folder or CSV file) and read one image's header."""
+    """Index the data (ImageFolder folder or CSV file) and read every image's header."""
     from .data.sources import get_source
 
     p = Path(os.path.abspath(Path(data).expanduser()))
@@ -114,18 +160,30 @@ def look(data: str | os.PathLike) -> DataLook:
     empty = [n for n, c in zip(index.class_names, counts) if c == 0]
     if empty:
         raise ValueError(f"{str(p)!r}: classes without images: {empty}")
-    first = src.resolve(index.table["path"].iloc[0])
-    try:
-        with Image.open(first) as im:  # the header only: size and mode, no pixel decoded
-            size, mode = im.size, im.mode
-    except OSError as e:
-        raise ValueError(f"image file {str(first)!r} cannot be opened ({e})") from None
+    from .data.sources._files import MAX_UNREADABLE_FRACTION
+
+    modes, sizes, bad = read_headers(src.image_files(index.table))
+    n = len(index.table)
+    if bad:
+        shown = ", ".join(f"{f!r} ({why})" for f, why in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        text = f"{len(bad)} of {n} image files cannot be opened as images: {shown}"
+        if len(bad) > MAX_UNREADABLE_FRACTION * n or not modes:
+            raise ValueError(f"lmdlt init: {text}; more than {MAX_UNREADABLE_FRACTION:.0%} of the "
+                             "files: fix or remove them")
+        log.warning("lmdlt init: %s (the image cache will stop at them: fix or remove them)", text)
+    colour = sum(c for m, c in modes.items() if m not in GREY_MODES)
     grouped = "group" in index.table.columns
-    return DataLook(source=source, root=str(p), class_names=list(index.class_names),
+    info = DataLook(source=source, root=str(p), class_names=list(index.class_names),
                     counts=[int(c) for c in counts], grouped=grouped,
                     n_groups=int(index.table["group"].nunique()) if grouped else None,
-                    image_size=size, image_mode=mode, channels=1 if mode in GREY_MODES else 3,
-                    options=options, index=index)
+                    image_size=max(sizes, key=lambda s: (sizes[s], s)),
+                    image_mode=max(modes, key=lambda m: (modes[m], m)),
+                    channels=3 if colour else 1, options=options, index=index,
+                    image_modes=dict(modes), image_sizes=dict(sizes), unreadable=bad)
+    if len(modes) > 1:
+        log.warning("lmdlt init: the images have several pixel modes: %s -> %d channel(s)",
+                    info.modes_text, info.channels)
+    return info
 
 
 def _feasible(index, section: dict, seeds) -> str | None:
@@ -262,9 +320,9 @@ def render(info: DataLook, split: SplitChoice, name: str, scale: str, out_name: 
     head = [info.class_names[c] for c in order[:sizes[0]]]
     tail = [info.class_names[c] for c in order[k - sizes[2]:]]
     counts = ", ".join(f"{info.class_names[c]} {info.counts[c]}" for c in order)
-    w, h = info.image_size
     options = dict(info.options)
-    if info.channels != 3:
+    mixed = len({m in GREY_MODES for m in info.image_modes}) > 1
+    if info.channels != 3 or mixed:
         options["channels"] = info.channels
     model = dict(s["model"])
     bs = s["batch_size"]
@@ -278,8 +336,8 @@ def render(info: DataLook, split: SplitChoice, name: str, scale: str, out_name: 
         L.append(line)
     a(f"# {name}: an experiment written by `lmdlt init` from {info.root}")
     a(f"# {k} classes, {sum(info.counts)} images (head to tail): {counts}")
-    a(f"# natural imbalance {info.natural_imbalance:.2f}; first image {w}x{h} px, mode {info.image_mode}"
-      f" -> {info.channels} channel(s)")
+    a(f"# natural imbalance {info.natural_imbalance:.2f}; image sizes {info.sizes_text} px")
+    a(f"# pixel modes (every image's header): {info.modes_text} -> {info.channels} channel(s)")
     a(f"# Run it (from the lmdlt repository):  snakemake --cores {s['cores']} --configfile {out_name}")
     a(f"# Results: results/{name}/tables/results.md (every row; mean +- std over seeds) and")
     a(f"#          results/{name}/tables/table2.md (head / medium / tail BACC).")
@@ -294,7 +352,9 @@ def render(info: DataLook, split: SplitChoice, name: str, scale: str, out_name: 
                                     else "                     # a CSV of path,label[,group]"))
     a(f"  root: {_flow(info.root)}")
     if options:
-        a(f"  options: {_flow(options)}" + ("   # grey images: one channel" if info.channels == 1 else ""))
+        a(f"  options: {_flow(options)}" + ("   # grey images: one channel" if info.channels == 1 else
+                                            "   # grey and colour images: 3 (grey repeated)" if mixed
+                                            else ""))
     a(f"  image_size: {s['image_size']}" + "           # every image resized once to this square in the image cache")
     a("")
     a("split:")

@@ -233,3 +233,30 @@ def test_init_then_snakemake_configfile_writes_the_results_table(tmp_path):
     jobs = collect(root)
     assert jobs and all(j.state == "done" for j in jobs)
     assert any(j.stage == "stage1" and j.progress == "epoch 2/2" for j in jobs)
+
+
+def test_init_on_a_colour_tree_whose_first_image_is_grey_uses_3_channels(tmp_path, caplog):
+    """Every image's header decides: one grey image (first when sorted) among colour ones."""
+    tree = image_tree(tmp_path / "mixed", {"a": 40, "b": 20, "c": 12})
+    _png(tree / "a" / "000.png", grey=True)  # sorted first
+    with caplog.at_level("WARNING"):
+        info = look(tree)
+        cfg = init_experiment(tree, tmp_path / "exp.yaml", name="mixed")
+    assert info.channels == 3 and info.image_modes == {"RGB": 71, "L": 1}
+    assert cfg["dataset"]["options"].get("channels", 3) == 3
+    text = (tmp_path / "exp.yaml").read_text()
+    assert "pixel modes (every image's header): RGB 71, L 1 (mixed: grey images are repeated to 3 bands)" in text
+    assert "several pixel modes" in caplog.text and "RGB 71, L 1" in caplog.text
+
+
+def test_init_names_images_whose_header_cannot_be_read(tmp_path, caplog):
+    tree = image_tree(tmp_path / "t", {"a": 120, "b": 60, "c": 30})
+    (tree / "b" / "zz_bad.png").write_bytes(b"not an image")
+    with caplog.at_level("WARNING"):
+        info = look(tree)
+    assert [p.endswith("zz_bad.png") for p, _ in info.unreadable] == [True]
+    assert "1 of 211 image files cannot be opened" in caplog.text and "zz_bad.png" in caplog.text
+    for i in range(3):  # 4 of 214: above 1%
+        (tree / "c" / f"zz_bad{i}.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"4 of 214 image files cannot be opened.*more than 1%"):
+        look(tree)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -384,3 +385,80 @@ def test_cache_build_error_leaves_nothing(tmp_path):
     with pytest.raises(ValueError, match=r"ISIC_0000004.jpg.*corrupt"):
         build_image_cache(src, 8, out, provenance("image_cache", {}))
     assert not out.exists() and no_leftovers(tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------- unreadable files
+
+
+def _png_tree(root, counts):
+    for c, n in counts.items():
+        for i in range(n):
+            p = root / c / f"{i:03d}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((6, 6, 3), i % 256, np.uint8)).save(p)
+    return root
+
+
+def test_a_dangling_symlink_is_counted_and_named_in_the_cache_log(tmp_path, caplog):
+    import json
+
+    from lmdlt.cli import main
+    from lmdlt.io import h5_read_provenance, open_h5
+
+    root = _png_tree(tmp_path / "data", {"a": 60, "b": 60, "c": 30})
+    (root / "a" / "zz_gone.png").symlink_to(tmp_path / "nowhere.png")
+    out = tmp_path / "images.h5"
+    dataset = json.dumps({"source": "imagefolder", "root": str(root), "options": {}})
+    with caplog.at_level("WARNING"):
+        assert main(["cache", "--dataset", dataset, "--size", "6", "--out", str(out)]) == 0
+    log = caplog.text
+    assert "1 of 151 image files" in log and "zz_gone.png" in log and "dangling symbolic link" in log
+    assert ImageCache(out).shape[0] == 150
+    with open_h5(out) as f:
+        skipped = h5_read_provenance(f)["config"]["skipped_files"]
+    assert [Path(p).name for p, _ in skipped] == ["zz_gone.png"]
+
+
+def test_unreadable_files_above_one_percent_are_an_error_naming_them(tmp_path):
+    root = _png_tree(tmp_path / "data", {"a": 14, "b": 10, "c": 8})
+    (root / "b" / "broken.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(ValueError, match=r"1 of 33 image files cannot be read.*broken\.png.*"
+                                         r"dangling symbolic link.*more than 1%"):
+        get_source("imagefolder", str(root)).index()
+
+
+# ---------------------------------------------------------------------------- numeric-looking labels
+
+
+def test_csv_labels_0_and_0_0_are_one_class(tmp_path, caplog):
+    import json
+
+    from lmdlt.cli import main
+    from lmdlt.data.splits import read_manifest
+
+    rows = []
+    for i in range(24):
+        label = ("0", "0.0", "1", "1")[i % 4] if i < 16 else "2"
+        p = tmp_path / "img" / f"{i:02d}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((6, 6, 3), i, np.uint8)).save(p)
+        rows.append({"path": f"img/{i:02d}.png", "label": label})
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    with caplog.at_level("WARNING"):
+        idx = get_source("csv", str(tmp_path / "labels.csv")).index()
+    assert idx.class_names == ["0", "1", "2"]
+    assert np.bincount(idx.table["label"]).tolist() == [8, 8, 8]
+    assert "label '0' written '0', '0.0'" in caplog.text
+    # the split sees the same three classes (no contradictory "class '0.0' has 0 images")
+    out = tmp_path / "split.parquet"
+    split = {"protocol": "random", "val_fraction": 0.25, "test_fraction": 0.25}
+    dataset = json.dumps({"source": "csv", "root": str(tmp_path / "labels.csv"), "options": {}})
+    assert main(["split", "--dataset", dataset, "--split", json.dumps(split), "--seed", "0",
+                 "--out", str(out)]) == 0
+    table, meta = read_manifest(out)
+    assert meta["class_names"] == ["0", "1", "2"] and len(table) == 24
+    # class names given in the config are compared the same way; two that collide are an error
+    idx2 = get_source("csv", str(tmp_path / "labels.csv"), {"class_names": [2, "1.0", "000"]}).index()
+    assert idx2.class_names == ["2", "1", "0"]
+    with pytest.raises(ValueError, match=r"class_names: '0' and '0.0' are one class"):
+        get_source("csv", str(tmp_path / "labels.csv"), {"class_names": ["0", "0.0", "1"]}).index()

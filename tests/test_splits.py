@@ -117,3 +117,54 @@ def test_cli_split_then_show_split_prints_counts_and_hash(tmp_path, capsys):
     assert f"total: train {(table['split'] == 'train').sum()}, val 150, test 300" in printed
     assert main(["show-split", str(tmp_path / "nope.parquet")]) == 1
     assert "split manifest" in capsys.readouterr().err
+
+
+def _patients_csv(root, spellings=("{p}", "{p}.0", "00{p}")):
+    """24 patients, 3 images each, one patient's group written three ways (the CSV a
+    spreadsheet round trip gives); returns the CSV and the true patient of every image path."""
+    from PIL import Image
+
+    rows, patient_of = [], {}
+    for p in range(1, 25):
+        for k, spelled in enumerate(spellings):
+            rel = f"img/p{p:02d}_{k}.png"
+            (root / "img").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((4, 4, 3), p, np.uint8)).save(root / rel)
+            rows.append({"path": rel, "label": "benign" if p % 3 else "malignant",
+                         "group": spelled.format(p=p)})
+            patient_of[rel] = p
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    return root / "labels.csv", patient_of
+
+
+def test_a_group_written_4_4_0_and_004_is_one_group_in_the_split_and_its_leak_report(tmp_path):
+    from lmdlt.data.splits import group_overlap
+
+    csv, patient_of = _patients_csv(tmp_path)
+    idx = get_source("csv", str(csv)).index()
+    split_cfg = {"protocol": "random", "val_fraction": 0.2, "test_fraction": 0.2}
+    table = build_split(idx, {**split_cfg, "grouped": True}, 0)
+    per_patient = table.assign(patient=table["path"].map(patient_of)).groupby("patient")["split"]
+    assert (per_patient.nunique() == 1).all(), "a patient crosses splits"
+    report = group_overlap(table)
+    assert report["groups"] == 24 and report["groups_in_several_splits"] == 0
+    # a naive split: the leak report counts patients, exactly the groups the split compared
+    naive = build_split(idx, {**split_cfg, "grouped": False}, 0)
+    per_patient = naive.assign(patient=naive["path"].map(patient_of)).groupby("patient")["split"]
+    assert group_overlap(naive)["groups"] == 24
+    assert group_overlap(naive)["groups_in_several_splits"] == int((per_patient.nunique() > 1).sum()) > 0
+
+
+def test_the_leak_report_and_check_compare_groups_as_the_split_does():
+    """A manifest whose group column has one patient in several spellings (hand-made, or from
+    an older index): the report and the leak check still see one patient."""
+    from lmdlt.data.splits import check_disjoint, group_overlap
+
+    table = pd.DataFrame({"id": ["a", "b", "c", "d"], "label": [0, 0, 1, 1],
+                          "split": ["train", "test", "train", "val"],
+                          "group": ["4", "004", "7.0", "7"]})
+    report = group_overlap(table)
+    assert report["groups"] == 2 and report["groups_in_several_splits"] == 2
+    assert report["train_test_groups"] == 1 and report["test_images_with_train_group"] == 1
+    with pytest.raises(ValueError, match="split leak: group '4' crosses splits"):
+        check_disjoint(table)

@@ -6,6 +6,7 @@ touches a JPEG.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import h5py
@@ -18,6 +19,7 @@ from .sources import Source
 from .splits import read_manifest
 
 BLOCK = 512  # images decoded per batch and per HDF5 chunk (bounded memory for large sources)
+log = logging.getLogger("lmdlt.image_cache")
 
 
 def cache_dir_name(dataset: dict) -> str:
@@ -30,9 +32,42 @@ def cache_dir_name(dataset: dict) -> str:
     return f"{dataset['source']}-{sha256_json(key)[:10]}"
 
 
-def build_image_cache(source: Source, size: int | None, path, prov: dict) -> int:
-    """Decode every image of ``source`` into ``path``; returns the number of images."""
-    index = source.index()
+def write_image_cache(dataset: dict, size: int, out) -> int:
+    """``lmdlt cache``: the image cache of a config's dataset section at ``size`` px, recording
+    the source, root, options, size and the fingerprint of the data it decoded
+    (lmdlt.data.fingerprint); unreadable files the index left out are named in the log.
+    Returns the number of images."""
+    from ..io import provenance
+    from .fingerprint import compute_fingerprint, mode_of
+    from .sources import source_from_config
+
+    src = source_from_config(dataset)
+    index = src.index()
+    log_skipped(index, f"image cache {out}")
+    fp = compute_fingerprint(src, mode_of(dataset), index)
+    cfg = {"source": dataset["source"], "root": dataset.get("root"),
+           "options": dataset.get("options") or {}, "image_size": size,
+           "data_fingerprint": fp.record()}
+    if index.skipped:
+        cfg["skipped_files"] = [list(s) for s in index.skipped]
+    n = build_image_cache(src, size, out, provenance("image_cache", cfg), index=index)
+    log.info("cached %d images of %s at %s px in %s (data fingerprint %s: %s)", n, src.name, size,
+             out, fp.mode, fp.sha256[:16])
+    return n
+
+
+def log_skipped(index, what: str) -> None:
+    """Count and name the image files the index left out as unreadable."""
+    if index.skipped:
+        total = len(index.table) + len(index.skipped)
+        log.warning("%s: %d of %d image files skipped, unreadable:\n%s", what, len(index.skipped),
+                    total, "\n".join(f"  {p} ({why})" for p, why in index.skipped))
+
+
+def build_image_cache(source: Source, size: int | None, path, prov: dict, index=None) -> int:
+    """Decode every image of ``source`` (of ``index``, when already read) into ``path``;
+    returns the number of images."""
+    index = index if index is not None else source.index()
     table = index.table.reset_index(drop=True)
     n = len(table)
     # a bar on a terminal only (the CLI logs one line when the cache is written)
@@ -103,7 +138,8 @@ def check_cache_matches(cache: "ImageCache", manifest_path, manifest_meta: dict,
     """Provenance guard: the image cache holds the images the split manifest was built from.
 
     Compares the source, data root and source options recorded by both (where both record
-    them: hand-made artefacts may not), ``image_size`` (when the caller knows the size it
+    them: hand-made artefacts may not), their data fingerprints with each other and with the
+    data as it is now (``check_same_data``), ``image_size`` (when the caller knows the size it
     expects) with the cache's, and names the manifest's ``ids`` the cache lacks. Every message
     names both files. Feature extraction and every loader of a split's images call this.
     """
@@ -118,6 +154,7 @@ def check_cache_matches(cache: "ImageCache", manifest_path, manifest_meta: dict,
                     f"(config {cache.provenance.get('config_hash', '?')[:12]}), but split "
                     f"{manifest_path} (hash {manifest_meta.get('content_hash', '?')[:12]}) was "
                     f"built from {expected[key]!r}; rebuild the cache or use the matching one")
+    check_same_data(cache, manifest_path, manifest_meta)
     if image_size is not None and cache.shape[1:3] != (image_size, image_size):
         raise ValueError(f"image cache {cache.path} holds {cache.shape[1]}x{cache.shape[2]} px "
                          f"images, not the {image_size}x{image_size} px expected for split "
@@ -128,6 +165,49 @@ def check_cache_matches(cache: "ImageCache", manifest_path, manifest_meta: dict,
             raise ValueError(f"{len(missing)} image(s) of split {manifest_path} are not in the image "
                              f"cache {cache.path}, e.g. {missing[:5]}; the cache was built from "
                              "another source or version of the data")
+
+
+_REBUILD = ("re-run snakemake: it rebuilds the image cache, the split and everything made from "
+            "them (the data fingerprint is a key of both)")
+
+
+def check_same_data(cache: "ImageCache", manifest_path, manifest_meta: dict) -> None:
+    """The image cache and the split were built from the same data, and the data has not
+    changed since (lmdlt.data.fingerprint): the fingerprints both record must be equal, and
+    equal to the fingerprint of the data now (taken again, in the recorded mode, when the data
+    root is there; a cache read where the raw data is not is compared with the split only).
+    Artefacts that record no fingerprint (made by hand, or before fingerprints were recorded)
+    are not compared. Every message names the files and the fix."""
+    from .fingerprint import dataset_fingerprint, recorded
+
+    ours = recorded(cache.provenance)
+    theirs = recorded(manifest_meta.get("provenance", {}))
+    if ours and theirs and ours["sha256"] != theirs["sha256"]:
+        raise ValueError(
+            f"image cache {cache.path} was built from other data (fingerprint "
+            f"{ours['sha256'][:12]}, {ours['images']} images) than split {manifest_path} "
+            f"(fingerprint {theirs['sha256'][:12]}, {theirs['images']} images): the data changed "
+            f"between them; {_REBUILD}")
+    if ours:
+        what, rec, ds = f"image cache {cache.path}", ours, cache.provenance.get("config") or {}
+    elif theirs:
+        what, rec = f"split {manifest_path}", theirs
+        ds = (manifest_meta.get("provenance", {}).get("config") or {}).get("dataset") or {}
+    else:
+        return
+    if "source" not in ds:
+        return
+    section = {**{k: ds.get(k) for k in SOURCE_KEYS}, "fingerprint": rec["mode"]}
+    try:
+        now = dataset_fingerprint(section)
+    except FileNotFoundError as e:  # the raw data is not here (a cache copied to a GPU node)
+        log.info("data fingerprint not compared with the data: %s", e)
+        return
+    if now.sha256 != rec["sha256"]:
+        raise ValueError(
+            f"{what} was built from data that has changed since (fingerprint {rec['sha256'][:12]}, "
+            f"{rec['images']} images; the data under {ds.get('root') or ds['source']!r} now: "
+            f"{now.sha256[:12]}, {now.images} images); {_REBUILD}")
 
 
 def check_checkpoint_inputs(checkpoint_path, checkpoint_meta: dict, manifest_path,

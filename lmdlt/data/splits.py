@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from ..io import atomic_path, sha256_json
 from .longtail import cui_train_counts, lmd_keep_counts
-from .sources import SourceIndex
+from .sources import SourceIndex, normalise_key
 
 SPLITS = ("train", "val", "test")
 log = logging.getLogger("lmdlt.splits")
@@ -75,6 +75,13 @@ def _per_class_fractions(n: int, val_fraction: float, test_fraction: float,
     return n_val, n_test
 
 
+def group_keys(table: pd.DataFrame) -> pd.Series:
+    """The group of every row as the split compares it (``sources.normalise_key``: ``4``,
+    ``4.0`` and ``004`` are one group). The split, its leak checks and its leak report all use
+    this, so the report counts exactly what the split kept together."""
+    return table["group"].map(normalise_key)
+
+
 def _groups_of(index: SourceIndex, cfg: dict) -> np.ndarray | None:
     """The group key of every row when the split is grouped, else None."""
     if not cfg.get("grouped", False):
@@ -82,7 +89,7 @@ def _groups_of(index: SourceIndex, cfg: dict) -> np.ndarray | None:
     if "group" not in index.table.columns:
         raise ValueError("split.grouped: the source index has no 'group' column "
                          "(sources with groups: ham10000)")
-    return index.table["group"].astype(str).to_numpy()
+    return group_keys(index.table).to_numpy()
 
 
 def _grouped_order(rows: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -241,21 +248,43 @@ def _log_ratio(asked: float, counts: list[int], what: str) -> None:
             asked, got, what, counts)
 
 
-def check_data(dataset_cfg: dict, split_cfg: dict, seeds: Iterable[int]) -> dict[int, pd.DataFrame]:
+def check_data(dataset_cfg: dict, split_cfg: dict, seeds: Iterable[int],
+               index: SourceIndex | None = None) -> dict[int, pd.DataFrame]:
     """The data checks that need no image: read the source's index (labels and paths only) and
     build every seed's split in memory, so that an absent or too small class, an infeasible
     split and an imbalance ratio the data cannot give are errors *before* the image cache is
     built (the workflow calls this while the cache or a split is missing; docs/reliability.md).
-    Returns the split table of every seed."""
+    Returns the split table of every seed. ``index``: the source's index when already read."""
     from .sources import source_from_config
 
-    index = source_from_config(dataset_cfg).index()
+    if index is None:
+        index = source_from_config(dataset_cfg).index()
     counts = np.bincount(index.table["label"].to_numpy(), minlength=len(index.class_names))
     empty = [index.class_names[c] for c in range(len(counts)) if counts[c] == 0]
     if empty:
         raise ValueError(f"classes without images: {empty} (images per class: "
                          f"{dict(zip(index.class_names, counts.tolist()))})")
     return {int(seed): build_split(index, split_cfg, int(seed)) for seed in seeds}
+
+
+def write_split(dataset: dict, split_cfg: dict, seed: int, out) -> tuple[pd.DataFrame, list[str], str]:
+    """``lmdlt split``: build a seed's split from a config's dataset and split sections and write
+    its manifest, recording the fingerprint of the data it was built from
+    (lmdlt.data.fingerprint); unreadable files the index left out are named in the log.
+    Returns the table, the class names and the content hash."""
+    from ..io import provenance
+    from .fingerprint import compute_fingerprint, mode_of
+    from .image_cache import log_skipped
+    from .sources import source_from_config
+
+    src = source_from_config(dataset)
+    index = src.index()
+    log_skipped(index, f"split {out}")
+    fp = compute_fingerprint(src, mode_of(dataset), index)
+    table = build_split(index, split_cfg, seed)
+    cfg = {"dataset": dataset, "split": split_cfg, "data_fingerprint": fp.record()}
+    digest = write_manifest(out, table, index.class_names, provenance("split", cfg, seed=seed))
+    return table, list(index.class_names), digest
 
 
 def build_split(index: SourceIndex, cfg: dict, seed: int) -> pd.DataFrame:
@@ -287,7 +316,7 @@ def check_disjoint(table: pd.DataFrame, groups: bool = True) -> None:
     if len(dup):
         raise ValueError(f"split leak: image id {dup.iloc[0]!r} appears more than once")
     if groups and "group" in table.columns:
-        per_group = table.groupby("group")["split"].nunique()
+        per_group = table["split"].groupby(group_keys(table)).nunique()
         bad = per_group[per_group > 1]
         if len(bad):
             raise ValueError(f"split leak: group {bad.index[0]!r} crosses splits (set split.grouped: "
@@ -299,19 +328,20 @@ def group_overlap(table: pd.DataFrame) -> dict:
     split, per pair of splits, and test/val images whose group also has training images."""
     if "group" not in table.columns:
         return {}
-    sets = {s: set(table.loc[table["split"] == s, "group"]) for s in SPLITS}
+    group = group_keys(table)
+    sets = {s: set(group[table["split"] == s]) for s in SPLITS}
     train = sets["train"]
     out = {
-        "groups": int(table["group"].nunique()),
-        "groups_in_several_splits": int((table.groupby("group")["split"].nunique() > 1).sum()),
+        "groups": int(group.nunique()),
+        "groups_in_several_splits": int((table["split"].groupby(group).nunique() > 1).sum()),
         "train_val_groups": len(train & sets["val"]),
         "train_test_groups": len(train & sets["test"]),
         "val_test_groups": len(sets["val"] & sets["test"]),
     }
     for s in ("val", "test"):
-        rows = table[table["split"] == s]
-        out[f"{s}_images_with_train_group"] = int(rows["group"].isin(train).sum())
-        out[f"{s}_images"] = int(len(rows))
+        rows = table["split"] == s
+        out[f"{s}_images_with_train_group"] = int(group[rows].isin(train).sum())
+        out[f"{s}_images"] = int(rows.sum())
     return out
 
 

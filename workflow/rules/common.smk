@@ -7,7 +7,7 @@ import sys
 from lmdlt.config import ConfigError, check_data_root, pairs, row_label, validate_config
 from lmdlt.report.registry import figure_caption, report_args
 from lmdlt.report.targets import ReportTargets
-from lmdlt.stamps import write_params_stamp
+from lmdlt.stamps import stamp_is_newer, stamp_path, write_params_stamp, write_stamp
 
 # `--configfile` files are deep-merged over the Snakefile's config.yaml, which would leak the
 # default experiment's variants (stage1/stage2/groups...) into an experiment config: config
@@ -118,9 +118,13 @@ def params_stamp(outputs, content):
 
 
 def source_params():
-    """What identifies the images (not the split, not the image size)."""
+    """What identifies the images (not the split, not the image size); the fingerprint mode
+    only when it is not the default (so default configs keep their params)."""
     ds = config["dataset"]
-    return {"source": ds["source"], "root": ds["root"], "options": ds["options"]}
+    params = {"source": ds["source"], "root": ds["root"], "options": ds["options"]}
+    if ds["fingerprint"] != "stat":
+        params["fingerprint"] = ds["fingerprint"]
+    return params
 
 
 # keyed by the images (source, root, options), shared by experiments: lmdlt.data.image_cache
@@ -132,22 +136,76 @@ IMAGE_CACHE_DIR = (
 IMAGES = f"{IMAGE_CACHE_DIR}/images_{config['dataset']['image_size']}px.h5"
 
 
+# Data stamps: the data is a key of the image cache and the split (lmdlt/data/fingerprint.py).
+# The fingerprint is taken once per invocation, when the job graph is built (one index read and
+# one stat() per image: docs/reliability.md has the cost), and kept in `.<output>.data.json`
+# beside the image cache and each split, rewritten only when it changes, so a change of the
+# data re-runs both and everything below them, in a fresh clone too. A job's own Snakemake
+# (cluster jobs) takes none: the main process has written the stamps.
+_DATA = {}
+
+
+def data_fingerprint():
+    """(stamp text, index) of the configured data, taken once. An index that cannot be read
+    gives a stamp naming the error (its jobs are then scheduled): a dry-run shows it as a
+    warning (dry-runs work on stub data roots), a run stops on it in onstart, before any job."""
+    if "text" not in _DATA:
+        from lmdlt.data.fingerprint import compute_fingerprint, mode_of
+        from lmdlt.data.sources import source_from_config
+
+        try:
+            source = source_from_config(config["dataset"])
+            index = source.index()
+            fp = compute_fingerprint(source, mode_of(config["dataset"]), index)
+            _DATA.update(text=fp.stamp_text(), index=index)
+        except (ValueError, OSError) as e:
+            if workflow.dryrun:
+                print(f"lmdlt: the data cannot be indexed: {e}", file=sys.stderr)
+            _DATA.update(text=as_json({"unreadable": str(e)}), index=None, error=e)
+    return _DATA["text"], _DATA["index"]
+
+
+def _records_this_fingerprint(outputs):
+    """A stamp may be adopted (no re-run) by outputs that record no fingerprint (made before
+    fingerprints were recorded) or this one."""
+    from lmdlt.data.fingerprint import recorded_in_file
+
+    want = json.loads(data_fingerprint()[0]).get("sha256")
+    records = [recorded_in_file(o) for o in outputs]
+    return all(r is None or r.get("sha256") == want for r in records)
+
+
+def data_stamp(output):
+    """The data stamp path to use as an input of the job writing ``output`` (lmdlt.stamps)."""
+    if workflow.remote_exec or workflow.subprocess_exec:
+        return stamp_path(output, "data")
+    text = data_fingerprint()[0]
+    if "error" in _DATA and os.path.exists(stamp_path(output, "data")):
+        return stamp_path(output, "data")  # kept: the run stops in onstart, nothing re-runs later
+    return write_stamp(output, text, "data", dryrun=workflow.dryrun,
+                       adopt=_records_this_fingerprint)
+
+
 # Data checks before expensive work: when jobs are about to run (onstart: not in a dry-run,
 # which must work on a stub data root, tests/test_experiments.py) and the image cache or a
-# seed's split is missing, the source's index is read (no image decoded) and every seed's split
-# built in memory, so that an empty or one-image class, an infeasible split or an imbalance
-# ratio the data cannot give stops the run before any job starts, the image cache's included.
+# seed's split is missing or to be rebuilt for a change of the data, the source's index is
+# read (no image decoded) and every seed's split built in memory, so that an empty or one-image
+# class, an infeasible split or an imbalance ratio the data cannot give stops the run before
+# any job starts, the image cache's included.
 # `lmdlt split-summary --config <file> --seed N` runs the split checks for one seed by hand.
 def check_data_before_jobs():
-    if os.path.exists(IMAGES) and all(
-        os.path.exists(SPLIT.format(seed=s)) for s in SEEDS
+    made = [IMAGES] + [SPLIT.format(seed=s) for s in SEEDS]
+    if "error" not in _DATA and all(
+        os.path.exists(o) and not stamp_is_newer(o, "data") for o in made
     ):
-        return
+        return  # none missing, none to be rebuilt for a change of the data
     from lmdlt.data.splits import check_data
 
     try:
-        check_data(config["dataset"], config["split"], SEEDS)
-    except (ValueError, FileNotFoundError) as e:
+        if "error" in _DATA:  # the index could not be read when the job graph was built
+            raise _DATA["error"]
+        check_data(config["dataset"], config["split"], SEEDS, _DATA.get("index"))
+    except (ValueError, OSError) as e:
         raise WorkflowError(
             f"data check (from the index, before any image is decoded) failed "
             f"for dataset {config['dataset']['name']!r}: {e}"

@@ -1,15 +1,17 @@
 # Data: the decoded-image cache (per source and image size) and the split manifest (per seed).
+# Both read the data stamp (common.smk, data_stamp): a change of the data re-runs them and
+# everything made from them.
 
 
 rule image_cache:
+    input:
+        data=lambda w: data_stamp(IMAGE_CACHE_DIR + f"/images_{w.size}px.h5"),
     output:
-        f"{IMAGE_CACHE_DIR}/images_{{size}}px.h5",
+        IMAGE_CACHE_DIR + "/images_{size}px.h5",
     log:
-        f"{IMAGE_CACHE_DIR}/logs/images_{{size}}px.log",
+        IMAGE_CACHE_DIR + "/logs/images_{size}px.log",
     benchmark:
-        f"{IMAGE_CACHE_DIR}/benchmarks/images_{{size}}px.tsv"
-    conda:
-        "../envs/lmdlt.yaml"
+        IMAGE_CACHE_DIR + "/benchmarks/images_{size}px.tsv"
     params:
         dataset=as_json(source_params()),
     shell:
@@ -23,14 +25,13 @@ def split_params():
 rule split:
     input:
         params=lambda w: params_stamp(SPLIT.format(**w), split_params()),
+        data=lambda w: data_stamp(SPLIT.format(**w)),
     output:
         SPLIT,
     log:
-        f"{LOGS}/seed{{seed}}/split.log",
+        LOGS + "/seed{seed}/split.log",
     benchmark:
-        f"{BENCHMARKS}/seed{{seed}}/split.tsv"
-    conda:
-        "../envs/lmdlt.yaml"
+        BENCHMARKS + "/seed{seed}/split.tsv"
     params:
         **split_params(),
     shell:

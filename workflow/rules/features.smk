@@ -22,11 +22,9 @@ rule extract_features:
         features=FEATURES,
         metrics=STAGE1_METRICS,
     log:
-        f"{LOGS}/seed{{seed}}/features_{{s1}}.log",
+        LOGS + "/seed{seed}/features_{s1}.log",
     benchmark:
-        f"{BENCHMARKS}/seed{{seed}}/features_{{s1}}.tsv"
-    conda:
-        "../envs/lmdlt.yaml"
+        BENCHMARKS + "/seed{seed}/features_{s1}.tsv"
     threads: THREADS
     params:
         device=DEVICE,

@@ -37,11 +37,9 @@ rule train_stage1:
     output:
         CHECKPOINT,
     log:
-        f"{LOGS}/seed{{seed}}/stage1_{{s1}}.log",
+        LOGS + "/seed{seed}/stage1_{s1}.log",
     benchmark:
-        f"{BENCHMARKS}/seed{{seed}}/stage1_{{s1}}.tsv"
-    conda:
-        "../envs/lmdlt.yaml"
+        BENCHMARKS + "/seed{seed}/stage1_{s1}.tsv"
     threads: THREADS
     params:
         variant=lambda w: stage1_params(w.s1)["variant"],

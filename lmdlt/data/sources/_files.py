@@ -5,8 +5,9 @@ pixel mode: 16-bit grey, palette, alpha, CMYK, EXIF orientation...)."""
 from __future__ import annotations
 
 import abc
-
+import logging
 import os
+import stat
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -34,6 +35,23 @@ def inside(root: Path, relative: str | os.PathLike, what: str = "image path") ->
     if full != root and root not in full.parents:
         raise ValueError(f"{what} {rel!r} escapes the data root {str(root)!r}")
     return full
+
+
+def files_inside(root: Path, relatives: Iterable[str]) -> list[str]:
+    """``inside(root, rel)`` of many paths, as strings, with string operations only (the data
+    fingerprint resolves every image of a source each time the workflow builds its job graph:
+    10,015 HAM10000 paths in ~20 ms instead of ~1 s); any path that looks odd goes through
+    ``inside`` for its error."""
+    base = str(root)
+    prefix = base.rstrip(os.sep) + os.sep
+    out = []
+    for rel in relatives:
+        rel = str(rel)
+        full = os.path.normpath(os.path.join(base, rel)) if rel and not os.path.isabs(rel) else ""
+        if not full.startswith(prefix):
+            full = str(inside(root, rel))  # raises, naming the path
+        out.append(full)
+    return out
 
 
 def check_confined(root: Path, entries: Iterable[str], where: str) -> None:
@@ -225,10 +243,64 @@ def load_images(paths: Sequence[Path], size: int | None, channels: int = 3) -> n
     return np.stack(imgs)
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+#: the largest fraction of a source's image files that may be unreadable (dangling links, no read
+#: permission): they are left out of the index and named in the logs; above it, an error
+MAX_UNREADABLE_FRACTION = 0.01
+
+
+def list_images(folder: Path, skipped: list | None = None) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name (``list_image_names``)."""
+    return [folder / name for name in list_image_names(folder, skipped)]
+
+
+def list_image_names(folder: Path, skipped: list | None = None) -> list[str]:
+    """Names of the image files directly in ``folder``, sorted.
+
+    An entry with an image extension that cannot be read (a dangling symbolic link, a file
+    without read permission) is left out; with ``skipped`` given, ``(path, why)`` is appended to
+    it so that the caller can count and name it (``check_unreadable``). Names and string paths,
+    not Paths: the workflow indexes the data each time it builds its job graph, and 10,000
+    Path objects cost ~0.2 s."""
+    found = []
+    base = str(folder)
+    for name in sorted(os.listdir(base)):
+        if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+            continue
+        full = os.path.join(base, name)
+        why = None
+        try:
+            st = os.stat(full)  # follows a symbolic link
+        except FileNotFoundError:
+            if not os.path.islink(full):
+                continue  # removed while listed
+            why = f"dangling symbolic link to {os.readlink(full)!r}"
+        except OSError as e:
+            why = f"cannot be read ({e.strerror or e})"
+        else:
+            if not stat.S_ISREG(st.st_mode):
+                continue  # a folder named like an image
+            if not os.access(full, os.R_OK):
+                why = "no read permission"
+        if why is None:
+            found.append(name)
+        elif skipped is not None:
+            skipped.append((full, why))
+    return found
+
+
+def check_unreadable(skipped: list, n_readable: int, where: str) -> None:
+    """An error naming the unreadable image files when they are more than
+    ``MAX_UNREADABLE_FRACTION`` of all the files found, else a warning naming them."""
+    if not skipped:
+        return
+    total = n_readable + len(skipped)
+    shown = ", ".join(f"{p!r} ({why})" for p, why in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+    text = (f"{where}: {len(skipped)} of {total} image files cannot be read "
+            f"({100 * len(skipped) / total:.1f}%): {shown}")
+    if len(skipped) > MAX_UNREADABLE_FRACTION * total:
+        raise ValueError(f"{text}; more than {MAX_UNREADABLE_FRACTION:.0%} of the files: fix or "
+                         "remove them")
+    logging.getLogger("lmdlt.sources").warning("%s; left out of the index", text)
 
 
 class ChannelsOption:
@@ -254,6 +326,9 @@ class FileImagesMixin:
 
     def resolve(self, rel: str) -> Path:
         return inside(self.image_root(), rel)
+
+    def image_files(self, table: pd.DataFrame) -> list[str]:
+        return files_inside(self.image_root(), table["path"])
 
     def images(self, table: pd.DataFrame, size: int | None) -> np.ndarray:
         if "path" not in table.columns:

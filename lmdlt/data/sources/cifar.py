@@ -72,6 +72,10 @@ class CifarSource(Source):
         _, train, test, _ = LAYOUT[self.opts["variant"]]
         return [("train", b) for b in train] + [("test", b) for b in test]
 
+    def data_files(self) -> list[Path]:
+        folder = self._folder()
+        return [folder / b for _, b in self._batches()] + [folder / LAYOUT[self.opts["variant"]][3]]
+
     def index(self) -> SourceIndex:
         folder = self._folder()
         key = self._key()

@@ -12,7 +12,11 @@ default ``labels.csv``)::
   stay (a '..' that climbs out is refused), or absolute (the list names it: use lists you trust).
 * ``label``: a class name (any text; classes are the sorted names, numerically when every name
   is an integer, unless ``dataset.options.class_names`` lists them, in head-to-tail or any order).
-* ``group`` (optional): a patient, lesion, video... id. With ``split.grouped: true`` (``lmd`` and
+* ``group`` (optional): a patient, lesion, video... id.
+* Labels and groups that look like numbers (digits, an optional sign and decimal point) are
+  compared as numbers: ``4``, ``4.0`` and ``004`` are one group ``4``, ``0`` and ``0.0`` one
+  class ``0`` (a spreadsheet or pandas often writes one id in several ways); the merged
+  spellings are named in a warning. Other text is compared as written. With ``split.grouped: true`` (``lmd`` and
   ``random`` protocols) every group goes whole to one split, so near-duplicates of one patient
   never sit in train and test. ``dataset.options.group_column``: ``null`` (the default) uses a
   ``group`` column when the CSV has one; a name requires that column.
@@ -30,8 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import Source, SourceIndex, register_source
-from ._files import ChannelsOption, FileImagesMixin, inside, load_images, read_csv, require_root
+from . import Source, SourceIndex, normalise_key, normalise_keys, register_source
+from ._files import (ChannelsOption, FileImagesMixin, files_inside, inside, load_images, read_csv,
+                     require_root)
 
 
 def _row(i: int) -> str:
@@ -95,7 +100,7 @@ class CSVListSource(ChannelsOption, FileImagesMixin, Source):
         if df.empty:
             raise ValueError(f"{where} has no rows")
         paths = df[pcol].str.strip()
-        labels = df[lcol].str.strip()
+        labels = pd.Series(normalise_keys(df[lcol].tolist(), "label", where), index=df.index)
         root = self.image_root()
         for i, (p, y) in enumerate(zip(paths, labels)):
             if p == "":
@@ -117,7 +122,13 @@ class CSVListSource(ChannelsOption, FileImagesMixin, Source):
                              f"({_row(rows[0])} and {_row(rows[1])})")
         names = self.opts["class_names"]
         if names:
-            names = [str(n) for n in names]
+            spelled = [str(n) for n in names]
+            names = [normalise_key(n) for n in spelled]
+            for k, n in enumerate(names):
+                if names.index(n) != k:
+                    raise ValueError(f"dataset.options.class_names: {spelled[names.index(n)]!r} and "
+                                     f"{spelled[k]!r} are one class ({n!r}: numeric-looking names "
+                                     "are compared as numbers)")
             lookup = {n: k for k, n in enumerate(names)}
             for i, y in enumerate(labels):
                 if y not in lookup:
@@ -138,8 +149,15 @@ class CSVListSource(ChannelsOption, FileImagesMixin, Source):
                 raise ValueError(f"{where} {_row(empty[0])}: empty group ({gcol!r}) for image "
                                  f"{paths.iloc[empty[0]]!r} (give every image a group, or leave "
                                  "the column out)")
-            table["group"] = groups.to_numpy()
+            table["group"] = normalise_keys(groups.tolist(), "group", where)
         return SourceIndex(table, list(names))
+
+    def image_files(self, table: pd.DataFrame) -> list[str]:
+        paths = table["path"].tolist()
+        relative = [p for p in paths if not Path(p).expanduser().is_absolute()]
+        inside_root = iter(files_inside(self.image_root(), relative))
+        return [str(Path(p).expanduser()) if Path(p).expanduser().is_absolute() else next(inside_root)
+                for p in paths]
 
     def images(self, table: pd.DataFrame, size: int | None) -> np.ndarray:
         if "path" not in table.columns:

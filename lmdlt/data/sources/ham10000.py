@@ -12,14 +12,15 @@ in one split (``split.grouped: true``).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import Source, SourceIndex, register_source
-from ._files import (check_confined, data_file, inside, labels_from_names, load_images, read_csv,
-                     require_root)
+from ._files import (check_confined, data_file, files_inside, inside, labels_from_names, load_images,
+                     read_csv, require_root)
 
 CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 
@@ -62,6 +63,12 @@ class HAM10000Source(Source):
             if c.is_file():
                 return c
         return cands[0]  # reported as missing under the first folder
+
+    def image_files(self, table: pd.DataFrame) -> list[str]:
+        """As ``images`` finds them: the first folder of ``image_dirs`` that has the file."""
+        rels = table["path"].tolist()
+        per_dir = [files_inside(d, rels) for d in self._dirs()]
+        return [next((f for f in cands if os.path.isfile(f)), cands[0]) for cands in zip(*per_dir)]
 
     def images(self, table: pd.DataFrame, size: int | None) -> np.ndarray:
         dirs = self._dirs()

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from . import Source, SourceIndex, register_source
-from ._files import (FileImagesMixin, check_confined, data_file, inside, labels_from_names, list_images,
-                     read_csv, require_root)
+from ._files import (FileImagesMixin, check_confined, check_unreadable, data_file, inside,
+                     labels_from_names, list_images, read_csv, require_root)
 
 CLASSES = sorted([
     "barretts", "barretts-short-segment", "bbps-0-1", "bbps-2-3", "cecum", "dyed-lifted-polyps",
@@ -70,6 +70,7 @@ class HyperKvasirSource(FileImagesMixin, Source):
         return inside(root, d, "dataset.options.image_dir")
 
     def index(self) -> SourceIndex:
+        self._skipped: list[tuple[str, str]] = []  # unreadable files of a flat tree
         layout = self.opts["layout"]
         if layout == "official":
             table = self._official()
@@ -80,7 +81,8 @@ class HyperKvasirSource(FileImagesMixin, Source):
                              "(known: official, flat)")
         if self.opts["folds"] is not None:
             table = self._with_folds(table)
-        return SourceIndex(table.reset_index(drop=True), list(CLASSES))
+        return SourceIndex(table.reset_index(drop=True), list(CLASSES),
+                           skipped=self._skipped)
 
     def _official(self) -> pd.DataFrame:
         root = require_root(self.name, self.root)
@@ -110,12 +112,14 @@ class HyperKvasirSource(FileImagesMixin, Source):
         if not img_root.is_dir():
             raise FileNotFoundError(f"Hyper-Kvasir flat tree {str(img_root)!r} not found")
         rows = []
+        skipped: list[tuple[str, str]] = self._skipped
         for d in sorted(p for p in img_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             label = labels_from_names([canonical(d.name)], CLASSES, f"Hyper-Kvasir folder {str(d)!r}")[0]
-            for f in list_images(d):
+            for f in list_images(d, skipped):
                 rows.append((f.stem, int(label), f"{d.name}/{f.name}"))
         if not rows:
             raise ValueError(f"Hyper-Kvasir flat tree {str(img_root)!r} has no class folder with images")
+        check_unreadable(skipped, len(rows), f"Hyper-Kvasir flat tree {str(img_root)!r}")
         return pd.DataFrame(rows, columns=["id", "label", "path"])
 
     def _with_folds(self, table: pd.DataFrame) -> pd.DataFrame:

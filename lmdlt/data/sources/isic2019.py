@@ -77,6 +77,10 @@ class ISIC2019Source(FileImagesMixin, Source):
         })
         return SourceIndex(table, list(CLASSES))
 
+    def image_files(self, table: pd.DataFrame) -> list[Path]:
+        img_root = self.image_root()
+        return [isic_file(img_root, p) for p in table["path"]]
+
     def images(self, table: pd.DataFrame, size: int | None) -> np.ndarray:
         img_root = self.image_root()
         return load_images([isic_file(img_root, p) for p in table["path"]], size)

@@ -50,6 +50,9 @@ class MedMNISTSource(Source):
             raise ValueError(f"MedMNIST file {str(path)!r} cannot be read ({e})") from None
         return memo[key]
 
+    def data_files(self) -> list[Path]:
+        return [self._path()]
+
     def index(self) -> SourceIndex:
         frames = []
         for fold in FOLDS:
