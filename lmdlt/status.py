@@ -53,6 +53,7 @@ ICC = re.compile(r"\bICC iteration (\d+)/(\d+)\b(?:.*?\bval_bacc ([0-9.]+|nan))?
 RESUMED = re.compile(r"\bresumed from .*?(\d+)/(\d+)")
 FAILED = re.compile(r"^lmdlt [\w-]+: error: |^Traceback \(most recent call last\)|"
                     r"\b(Killed|CANCELLED|DUE TO TIME LIMIT|Out of memory|oom-kill)\b", re.M)
+CLI_ERROR = re.compile(r"^lmdlt [\w-]+: error: ")
 #: a running job whose log is silent this much longer than its pace is reported ``stalled?``
 STALL_FACTOR, STALL_MIN_S = 5.0, 600.0
 #: the job's record (first line of its log) and its end by a signal (:func:`job_started`)
@@ -151,7 +152,8 @@ def parse_log(lines: list[str]) -> dict:
                     pass
             continue
         e = FAILED.search(line)
-        if e and not out["error"]:
+        # the CLI's own line (after a bug's traceback, its summary) says more than the traceback header
+        if e and (not out["error"] or (CLI_ERROR.match(line) and not CLI_ERROR.match(out["error"]))):
             out["error"] = line.strip()[:200]
     return out
 

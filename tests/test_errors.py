@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -158,6 +159,7 @@ def _run_cli_with(tmp_path, monkeypatch, raise_line: str):
     def boom(a):
         exec(raise_line, {"torch": torch, **vars(errors)})
     monkeypatch.setattr(cli, "cmd_show_split", boom)
+    monkeypatch.setattr(logging, "basicConfig", lambda **kw: None)  # no handler on the file
     log = tmp_path / "job.log"
     with open(log, "w") as f:
         monkeypatch.setattr(sys, "stderr", f)

@@ -337,3 +337,15 @@ def test_no_job_record_where_stderr_is_not_a_log(tmp_path):
     assert not job_started("status")  # not a job
     # pytest's capture of fd 2 is a file: a job command is recorded only when asked for; the
     # CLI asks only in the `lmdlt` process itself (main() without argv), never in-process
+
+
+def test_a_code_bug_shows_the_cli_summary_not_the_traceback_header(tmp_path):
+    """A bug prints its traceback, then the CLI's one summary line: status shows the summary."""
+    lines = [f"{ts(1_000_000.0)} lmdlt.stage1 INFO epoch 1/10 loss 1 (ce 1) val_bacc 0.5000 lr 0.1 3.0s",
+             "Traceback (most recent call last):",
+             '  File "x.py", line 1, in <module>',
+             "KeyError: 'missing'",
+             "lmdlt train-stage1: error: KeyError: 'missing' (a bug; the full traceback is above)"]
+    assert parse_log(lines)["error"].startswith("lmdlt train-stage1: error: KeyError")
+    # a traceback alone (no summary line: the process died mid-report) still marks a failure
+    assert parse_log(lines[:4])["error"].startswith("Traceback")

@@ -7,11 +7,13 @@ rule image_cache:
     input:
         data=lambda w: data_stamp(IMAGE_CACHE_DIR + f"/images_{w.size}px.h5"),
     output:
-        IMAGE_CACHE_DIR + "/images_{size}px.h5",
+        f"{IMAGE_CACHE_DIR}/images_{{size}}px.h5",
     log:
-        IMAGE_CACHE_DIR + "/logs/images_{size}px.log",
+        f"{IMAGE_CACHE_DIR}/logs/images_{{size}}px.log",
     benchmark:
-        IMAGE_CACHE_DIR + "/benchmarks/images_{size}px.tsv"
+        f"{IMAGE_CACHE_DIR}/benchmarks/images_{{size}}px.tsv"
+    conda:
+        "../envs/lmdlt.yaml"
     params:
         dataset=as_json(source_params()),
     shell:
@@ -29,9 +31,11 @@ rule split:
     output:
         SPLIT,
     log:
-        LOGS + "/seed{seed}/split.log",
+        f"{LOGS}/seed{{seed}}/split.log",
     benchmark:
-        BENCHMARKS + "/seed{seed}/split.tsv"
+        f"{BENCHMARKS}/seed{{seed}}/split.tsv"
+    conda:
+        "../envs/lmdlt.yaml"
     params:
         **split_params(),
     shell:

@@ -22,9 +22,11 @@ rule extract_features:
         features=FEATURES,
         metrics=STAGE1_METRICS,
     log:
-        LOGS + "/seed{seed}/features_{s1}.log",
+        f"{LOGS}/seed{{seed}}/features_{{s1}}.log",
     benchmark:
-        BENCHMARKS + "/seed{seed}/features_{s1}.tsv"
+        f"{BENCHMARKS}/seed{{seed}}/features_{{s1}}.tsv"
+    conda:
+        "../envs/lmdlt.yaml"
     threads: THREADS
     params:
         device=DEVICE,

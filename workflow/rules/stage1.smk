@@ -37,9 +37,11 @@ rule train_stage1:
     output:
         CHECKPOINT,
     log:
-        LOGS + "/seed{seed}/stage1_{s1}.log",
+        f"{LOGS}/seed{{seed}}/stage1_{{s1}}.log",
     benchmark:
-        BENCHMARKS + "/seed{seed}/stage1_{s1}.tsv"
+        f"{BENCHMARKS}/seed{{seed}}/stage1_{{s1}}.tsv"
+    conda:
+        "../envs/lmdlt.yaml"
     threads: THREADS
     params:
         variant=lambda w: stage1_params(w.s1)["variant"],

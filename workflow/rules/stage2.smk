@@ -22,11 +22,13 @@ rule train_stage2:
         predictions=PREDICTIONS,
         metrics=STAGE2_METRICS,
     log:
-        LOGS + "/seed{seed}/stage2_{s1}_{s2}.log",
+        f"{LOGS}/seed{{seed}}/stage2_{{s1}}_{{s2}}.log",
     benchmark:
-        BENCHMARKS + "/seed{seed}/stage2_{s1}_{s2}.tsv"
+        f"{BENCHMARKS}/seed{{seed}}/stage2_{{s1}}_{{s2}}.tsv"
     wildcard_constraints:
         s2=names_regex(S2_FEATURE_VARIANTS),
+    conda:
+        "../envs/lmdlt.yaml"
     threads: 1
     params:
         variant=lambda w: as_json(config["stage2"][w.s2]),
@@ -53,11 +55,13 @@ rule train_stage2_encoder:
         predictions=PREDICTIONS,
         metrics=STAGE2_METRICS,
     log:
-        LOGS + "/seed{seed}/stage2_{s1}_{s2}.log",
+        f"{LOGS}/seed{{seed}}/stage2_{{s1}}_{{s2}}.log",
     benchmark:
-        BENCHMARKS + "/seed{seed}/stage2_{s1}_{s2}.tsv"
+        f"{BENCHMARKS}/seed{{seed}}/stage2_{{s1}}_{{s2}}.tsv"
     wildcard_constraints:
         s2=names_regex(S2_ENCODER_VARIANTS),
+    conda:
+        "../envs/lmdlt.yaml"
     threads: THREADS
     params:
         variant=lambda w: as_json(config["stage2"][w.s2]),
