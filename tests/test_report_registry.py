@@ -162,3 +162,17 @@ def test_a_toy_table_kind_is_one_registry_entry_and_one_renderer(tmp_path, monke
     main(["report-paper-table", "--spec", json.dumps(spec), "--out-csv", outs[0], "--out-md", outs[1],
           "--out-tex", outs[2]])
     assert Path(outs[1]).read_text() == "Toy: BACC only\nCE\nCE + cRT\n"
+
+
+def test_a_table_reads_predictions_only_for_its_paired_bootstrap():
+    rows = {"rows": [{"run": "ce"}, {"run": "ce/crt"}]}
+    cfg = validate_config(tiny_config({"tables": {"table1": rows, "table2": {**rows, "lmd": None}},
+                                       "lmd": "ce/crt"}))
+    targets = ReportTargets(cfg, PATHS)
+    metrics = ["r/seed0/stage1/ce/metrics.json", "r/seed0/stage2/ce/crt/metrics.json"]
+    assert targets.table_inputs("table2") == metrics
+    assert targets.table_inputs("table1") == metrics + ["r/seed0/stage1/ce/features.h5",
+                                                        "r/seed0/stage2/ce/crt/predictions.h5"]
+    assert targets.metric_files() == metrics
+    assert json.loads(targets.per_class_recall_params()["rows"])[0].keys() == {
+        "row", "stage1", "stage2", "files", "config_hashes"}  # no group_rule: groups re-run no figure

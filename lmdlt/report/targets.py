@@ -8,6 +8,7 @@ outputs, when they exist.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable
 
@@ -114,3 +115,50 @@ class ReportTargets:
 
     def results_page_meta(self) -> dict:
         return {k: self.results_page[k] for k in RESULTS_PAGE_META}
+
+    # ---- what each report rule reads: its input files and its params (JSON strings of exactly
+    # what it depends on: params are compared by value between runs)
+
+    def results_table_params(self) -> dict[str, str]:
+        rep = self.config["report"]
+        return {"rows": as_json(self.rows), "metrics": as_json(rep["metrics"]),
+                "groups": as_json(self.config["groups"]), "title": rep["title"]}
+
+    def per_class_recall_params(self) -> dict[str, str]:
+        # per-class recall does not depend on the head/medium/tail rule: a change of it keeps this
+        rows = [{k: v for k, v in r.items() if k != "group_rule"} for r in self.rows]
+        return {"rows": as_json(rows), "title": self.config["report"]["title"]}
+
+    def provenance_params(self) -> dict[str, str]:
+        # the page shows the whole config: it is this job's content, not a setting of one stage
+        return {"config": as_json(self.config), "rows": as_json(self.rows)}
+
+    def metric_files(self) -> list[str]:
+        """Every run's per-seed metric files (the results table, the per-class recall figure and
+        the provenance page read them all)."""
+        return [f for row in self.rows for f in row["files"].values()]
+
+    def table_inputs(self, table: str) -> list[str]:
+        """A paper table's metric files, and its rows' test predictions when it compares them
+        with the LMD row (the paired bootstrap)."""
+        spec = self.tables[table]
+        files = [f for r in spec["rows"] for f in r["files"].values()]
+        if spec["lmd"]:
+            files += [f for r in spec["rows"] for f in r["predictions"].values()]
+        return files
+
+    def sweep_inputs(self, figure: str) -> list[str]:
+        """A sweep figure's metric files (its points and baseline) and, when it plots the stage-2
+        time, the points' benchmark files."""
+        spec = self.figures[figure]
+        rows = [p for s in spec["series"] for p in s["points"]] + (
+            [spec["baseline"]] if spec["baseline"] else [])
+        files = [f for r in rows for f in r["files"].values()]
+        if spec["time"]:
+            files += [f for r in rows if r.get("benchmarks") for f in r["benchmarks"].values()]
+        return files
+
+
+def as_json(obj) -> str:
+    """A stable JSON string (the rules' params: compared by value between runs)."""
+    return json.dumps(obj, sort_keys=True)

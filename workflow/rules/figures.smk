@@ -2,30 +2,11 @@
 # and each figure the config declares (lmdlt.report.registry.FIGURES), one rule per family.
 
 
-def figure_params():
-    # per-class recall does not depend on the head/medium/tail rule: a change of it keeps this
-    rows = [{k: v for k, v in r.items() if k != "group_rule"} for r in REPORT.rows]
-    return {"rows": as_json(rows), "title": config["report"]["title"]}
-
-
-def sweep_inputs(w):
-    spec = REPORT.figures[w.figure]
-    rows = [p for s in spec["series"] for p in s["points"]] + (
-        [spec["baseline"]] if spec["baseline"] else []
-    )
-    files = [f for r in rows for f in r["files"].values()]
-    if spec["time"]:
-        files += [
-            f for r in rows if r.get("benchmarks") for f in r["benchmarks"].values()
-        ]
-    return files
-
-
 rule per_class_recall_figure:
     input:
-        [f for row in REPORT.rows for f in row["files"].values()],
+        REPORT.metric_files(),
         params=lambda w: params_stamp(
-            list(REPORT.per_class_recall.values()), figure_params()
+            list(REPORT.per_class_recall.values()), REPORT.per_class_recall_params()
         ),
     output:
         png=report_output(REPORT.per_class_recall["png"], "per_class_recall"),
@@ -35,8 +16,10 @@ rule per_class_recall_figure:
     benchmark:
         f"{BENCHMARKS}/report/per_class_recall_figure.tsv"
     localrule: True
+    conda:
+        "../envs/lmdlt.yaml"
     params:
-        **figure_params(),
+        **REPORT.per_class_recall_params(),
     shell:
         "lmdlt report-figure --rows {params.rows:q} --title {params.title:q} --out {output.png:q}"
         " --out-pdf {output.pdf:q} > {log:q} 2>&1"
@@ -44,7 +27,7 @@ rule per_class_recall_figure:
 
 rule sweep_figure:
     input:
-        sweep_inputs,
+        lambda w: REPORT.sweep_inputs(w.figure),
         params=lambda w: params_stamp(
             [REPORT.figure_file(w.figure, e) for e in ("png", "pdf")],
             {"spec": as_json(REPORT.figures[w.figure])},
@@ -59,6 +42,8 @@ rule sweep_figure:
     wildcard_constraints:
         figure=names_regex(REPORT.sweep_figures),
     localrule: True
+    conda:
+        "../envs/lmdlt.yaml"
     params:
         spec=lambda w: as_json(REPORT.figures[w.figure]),
         caption=lambda w: figure_caption(w.figure),  # the report's caption (sweep_figure.rst)
@@ -91,6 +76,8 @@ rule tsne_figures:
     benchmark:
         f"{BENCHMARKS}/report/figure_tsne.tsv"
     localrule: True
+    conda:
+        "../envs/lmdlt.yaml"
     params:
         spec=as_json(REPORT.figures.get("tsne")),
         groups=as_json(config["groups"]),
@@ -116,6 +103,8 @@ rule class_distribution_figure:
     benchmark:
         f"{BENCHMARKS}/report/figure_class_distribution.tsv"
     localrule: True
+    conda:
+        "../envs/lmdlt.yaml"
     params:
         spec=as_json(REPORT.figures.get("class_distribution")),
     shell:

@@ -3,16 +3,12 @@
 # (also as a YAML download, for `snakemake --configfile`).
 
 
-def provenance_params():
-    # the page shows the whole config: it is this job's content, not a setting of one stage
-    return {"config": as_json(config), "rows": as_json(REPORT.rows)}
-
-
 rule report_provenance:
     input:
-        [f for row in REPORT.rows for f in row["files"].values()],
+        REPORT.metric_files(),
         params=lambda w: params_stamp(
-            [REPORT.provenance["html"], REPORT.provenance["yaml"]], provenance_params()
+            [REPORT.provenance["html"], REPORT.provenance["yaml"]],
+            REPORT.provenance_params(),
         ),
     output:
         html=report_output(REPORT.provenance["html"], "provenance"),
@@ -20,8 +16,10 @@ rule report_provenance:
     log:
         f"{LOGS}/report_provenance.log",
     localrule: True
+    conda:
+        "../envs/lmdlt.yaml"
     params:
-        **provenance_params(),
+        **REPORT.provenance_params(),
     shell:
         "lmdlt report-html provenance --config {params.config:q} --rows {params.rows:q}"
         " --out {output.html:q} --out-yaml {output.yaml:q} > {log:q} 2>&1"

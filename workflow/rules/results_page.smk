@@ -29,6 +29,8 @@ if REPORT.results_page:
         log:
             f"{LOGS}/results_page.log",
         localrule: True
+        conda:
+            "../envs/lmdlt.yaml"
         params:
             meta=as_json(REPORT.results_page_meta()),
             benchmarks=BENCHMARKS,

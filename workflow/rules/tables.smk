@@ -4,29 +4,12 @@
 # table`): Snakemake's report viewer shows HTML in place and other files only as downloads.
 
 
-def results_table_params():
-    return {
-        "rows": as_json(REPORT.rows),
-        "metrics": as_json(config["report"]["metrics"]),
-        "groups": as_json(config["groups"]),
-        "title": config["report"]["title"],
-    }
-
-
-def paper_table_inputs(w):
-    spec = REPORT.tables[w.table]
-    files = [f for r in spec["rows"] for f in r["files"].values()]
-    if spec["lmd"]:  # the paired bootstrap reads the per-image test predictions
-        files += [f for r in spec["rows"] for f in r["predictions"].values()]
-    return files
-
-
 rule results_table:
     input:
-        [f for row in REPORT.rows for f in row["files"].values()],
+        REPORT.metric_files(),
         params=lambda w: params_stamp(
             [REPORT.results_table["md"], REPORT.results_table["csv"]],
-            results_table_params(),
+            REPORT.results_table_params(),
         ),
     output:
         md=report_output(REPORT.results_table["md"], "results_table", "md"),
@@ -36,8 +19,10 @@ rule results_table:
     benchmark:
         f"{BENCHMARKS}/report/results_table.tsv"
     localrule: True
+    conda:
+        "../envs/lmdlt.yaml"
     params:
-        **results_table_params(),
+        **REPORT.results_table_params(),
     shell:
         "lmdlt report-table --rows {params.rows:q} --metrics {params.metrics:q} --groups {params.groups:q}"
         " --title {params.title:q} --out-md {output.md:q} --out-csv {output.csv:q} > {log:q} 2>&1"
@@ -51,6 +36,8 @@ rule results_table_html:
     log:
         f"{LOGS}/results_table_html.log",
     localrule: True
+    conda:
+        "../envs/lmdlt.yaml"
     params:
         title=config["report"]["title"],
     shell:
@@ -59,7 +46,7 @@ rule results_table_html:
 
 rule paper_table:
     input:
-        paper_table_inputs,
+        lambda w: REPORT.table_inputs(w.table),
         params=lambda w: params_stamp(
             [REPORT.table_file(w.table, e) for e in ("csv", "md", "tex")],
             {"spec": as_json(REPORT.tables[w.table])},
@@ -75,6 +62,8 @@ rule paper_table:
     wildcard_constraints:
         table=names_regex(list(REPORT.tables)),
     localrule: True
+    conda:
+        "../envs/lmdlt.yaml"
     params:
         spec=lambda w: as_json(REPORT.tables[w.table]),
     shell:
@@ -92,6 +81,8 @@ rule paper_table_html:
     wildcard_constraints:
         table=names_regex(list(REPORT.tables)),
     localrule: True
+    conda:
+        "../envs/lmdlt.yaml"
     params:
         title=lambda w: f"{REPORT.tables[w.table]['title']} — {REPORT.tables[w.table]['experiment']}",
     shell:
@@ -117,6 +108,8 @@ rule combined_table:
     wildcard_constraints:
         table=names_regex(list(REPORT.combined)),
     localrule: True
+    conda:
+        "../envs/lmdlt.yaml"
     params:
         absent=lambda w: REPORT.combined[w.table]["absent"],
     shell:
@@ -136,6 +129,8 @@ rule combined_table_html:
     wildcard_constraints:
         table=names_regex(list(REPORT.combined)),
     localrule: True
+    conda:
+        "../envs/lmdlt.yaml"
     params:
         title=lambda w: REPORT.tables[w.table]["title"],
         absent=lambda w: REPORT.combined[w.table]["absent"],
