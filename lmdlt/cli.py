@@ -20,18 +20,29 @@ def _json(text: str):
 
 
 def cmd_cache(a):
-    from .data.image_cache import write_image_cache
+    from .data.image_cache import build_image_cache
+    from .data.sources import source_from_config
+    from .io import provenance
 
-    write_image_cache(a.dataset, a.size, a.out)  # logs what it cached, and what it skipped
+    src = source_from_config(a.dataset)
+    cfg = {"source": a.dataset["source"], "root": a.dataset.get("root"),
+           "options": a.dataset.get("options") or {}, "image_size": a.size}
+    n = build_image_cache(src, a.size, a.out, provenance("image_cache", cfg))
+    logging.info("cached %d images of %s at %s px in %s", n, src.name, a.size, a.out)
 
 
 def cmd_split(a):
     from .config import validate_section
-    from .data.splits import summary_text, write_split
+    from .data.sources import source_from_config
+    from .data.splits import build_split, summary_text, write_manifest
+    from .io import provenance
 
     a.split = validate_section("split", a.split)  # defaults filled, for a hand-written section
-    table, class_names, digest = write_split(a.dataset, a.split, a.seed, a.out)
-    logging.info("split\n%s", summary_text(table, class_names, digest))
+    index = source_from_config(a.dataset).index()
+    table = build_split(index, a.split, a.seed)
+    cfg = {"dataset": a.dataset, "split": a.split}
+    digest = write_manifest(a.out, table, index.class_names, provenance("split", cfg, seed=a.seed))
+    logging.info("split\n%s", summary_text(table, index.class_names, digest))
 
 
 def cmd_show_split(a):
@@ -64,7 +75,8 @@ def cmd_train_stage1(a):
     cfg = validate_variant("stage1", a.params)
     with _tracker(a, {"seed": a.seed, **cfg}) as tracker:
         train_stage1(a.split, a.images, cfg, a.seed, a.out, threads=a.threads, device=a.device,
-                     precision=a.precision, channels_last=a.channels_last, tracker=tracker)
+                     precision=a.precision, channels_last=a.channels_last, tracker=tracker,
+                     augment_device=a.augment_device)
 
 
 def _variant(stage: str, params):
@@ -359,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--out", required=True, help="checkpoint path (.pt)")
     s.add_argument("--tracking", type=_json, default=None)
+    s.add_argument("--augment-device", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="training augmentation batched on the GPU (auto: on CUDA where the method's "
+                        "transform allows) or per sample in the loader's CPU workers (cpu)")
     torch_opts(s)
 
     s = add("extract", cmd_extract, "extract features, logits and labels of every split to HDF5")

@@ -135,18 +135,32 @@ def _toy_run(ctx: Distributed, steps: int = 4) -> dict:
 
 
 def _toy_worker(rank, world, init_file, out_dir):
+    from lmdlt.stage1.distributed import gather_batch
+    from lmdlt.stage1.rrl import channel_loss, sample_loss
+    from lmdlt.stage1.seesaw import Seesaw
+
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.save(_toy_run(Distributed(world, rank, rank, "gloo")), os.path.join(out_dir, f"rank{rank}.pt"))
+        # the batch-coupled terms (below), in the same processes: one spawn for both tests
+        torch.save(_coupled_terms(rank, world, gather_batch, sample_loss, channel_loss, Seesaw),
+                   os.path.join(out_dir, f"coupled{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def test_ddp_with_extra_modules_matches_a_single_process_and_ranks_agree(tmp_path):
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """The outputs of both toy workers (one 2-process spawn)."""
+    d = tmp_path_factory.mktemp("ranks")
     torch.set_num_threads(1)
-    mp.spawn(_toy_worker, args=(2, str(tmp_path / "rdv"), str(tmp_path)), nprocs=2)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
+    mp.spawn(_toy_worker, args=(2, str(d / "rdv"), str(d)), nprocs=2)
+    return d
+
+
+def test_ddp_with_extra_modules_matches_a_single_process_and_ranks_agree(two_ranks):
+    r0, r1 = (torch.load(two_ranks / f"rank{r}.pt", weights_only=True) for r in range(2))
     single = _toy_run(SINGLE_PROCESS)
     assert r0["sync_bn"] > 0 and single["sync_bn"] == 0
     for part in ("net", "head", "teacher"):
@@ -258,3 +272,117 @@ def test_rule_launches_torchrun_with_one_gpu_per_process(tmp_path):
     job = (proc.stdout + proc.stderr).split("rule train_stage1:", 1)[1].split("\n\n", 1)[0]
     assert re.search(r"resources: .*\bgpu=(\d+)", job).group(1) == "2"
     assert "torchrun --standalone --nproc_per_node 2 -m lmdlt.cli train-stage1 --split" in job
+
+
+# ---------------------------------------------------------------- batch-coupled terms and resume under DDP
+
+def _coupled_terms(rank, world, gather, sample_loss, channel_loss, seesaw_cls):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 6, generator=g)            # the global batch's inputs
+    x_t = x + 0.1 * torch.randn(16, 6, generator=g)  # the teacher's view
+    torch.manual_seed(1)
+    layer = nn.Linear(6, 5)                        # the same weights on every rank
+    part = slice(rank * 16 // world, (rank + 1) * 16 // world)
+    z_s = torch.relu(layer(x[part]))
+    with torch.no_grad():
+        z_t = torch.relu(layer(x_t[part]))
+    z_s_all, z_t_all = gather(z_s), gather(z_t)
+    loss = sample_loss(z_s_all, z_t_all) + channel_loss(z_s_all, z_t_all)
+    loss.backward()
+    grads = [q.grad.clone() for q in layer.parameters()]
+    if world > 1:  # what DDP does with the parameters' gradients
+        for q in grads:
+            dist.all_reduce(q)
+            q /= world
+    labels = torch.tensor([0, 0, 1, 2, 0, 1, 0, 0, 2, 2, 2, 1, 0, 0, 0, 1])
+    seesaw = seesaw_cls({"p": 0.8, "q": 2.0}, np.array([7, 4, 5]))
+    seesaw.loss(lambda v: torch.zeros(len(v), 3), torch.zeros(16 // world, 1), labels[part], 0)
+    return {"loss": loss.detach(), "grads": grads, "counts": seesaw.cum_counts}
+
+
+def test_gram_terms_and_seesaw_counts_under_ddp_equal_one_process_on_the_whole_batch(two_ranks):
+    """RRL's L_sample + L_channel over 2 ranks equal the single-process terms on the
+    concatenated batch (the reference's gathered Gram matrices, / the global batch), and so do
+    the DDP-averaged gradients; Seesaw's class counts are those of the whole batch on both ranks."""
+    from lmdlt.stage1.rrl import channel_loss, sample_loss
+    from lmdlt.stage1.seesaw import Seesaw
+
+    ranks = [torch.load(two_ranks / f"coupled{r}.pt", weights_only=True) for r in range(2)]
+    single = _coupled_terms(0, 1, lambda t: t, sample_loss, channel_loss, Seesaw)
+    for r in ranks:
+        torch.testing.assert_close(r["loss"], single["loss"], rtol=1e-6, atol=0)
+        for a, b in zip(r["grads"], single["grads"]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        assert r["counts"].tolist() == single["counts"].tolist() == [8, 4, 4]
+
+
+def _resume_worker(rank, world, ports, data_dir, out_dir, cfg):
+    """Train (a) 2 epochs; (b) stop both ranks in epoch 2 before its state is saved; (c)
+    resume (b) to the end. Records each rank's first GCL noise draw of every epoch."""
+    import lmdlt.stage1.gcl as gcl
+
+    torch.set_num_threads(1)
+    draws = {}
+    real_noise = gcl.cloud_noise
+
+    def spy(shape, std, generator=None, device=None):
+        eps = real_noise(shape, std, generator, **({} if device is None else {"device": device}))
+        draws.setdefault(spy.run, {}).setdefault(spy.epoch, eps.clone())
+        return eps
+    gcl.cloud_noise = spy
+    real_loss = gcl.GaussianCloudedLogit.loss
+
+    def loss(self, net, x, y, epoch):
+        spy.epoch = epoch
+        return real_loss(self, net, x, y, epoch)
+    gcl.GaussianCloudedLogit.loss = loss
+
+    class Stop(Exception):
+        pass
+
+    def stop_in_epoch_2(self, net, images, device):
+        if spy.run == "b" and spy.epoch == 1:
+            raise Stop  # on every rank, before epoch 2's resume state is written
+    gcl.GaussianCloudedLogit.on_epoch_end = stop_in_epoch_2
+    from lmdlt.stage1.trainer import train_stage1
+
+    for run, port, out in (("a", ports[0], "a.pt"), ("b", ports[1], "bc.pt"), ("c", ports[2], "bc.pt")):
+        os.environ.update({"WORLD_SIZE": str(world), "RANK": str(rank), "LOCAL_RANK": str(rank),
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+        spy.run = run
+        try:
+            train_stage1(os.path.join(data_dir, "split.parquet"), os.path.join(data_dir, "images.h5"), cfg, 0,
+                         os.path.join(out_dir, out), threads=1, device="cpu")
+        except Stop:
+            dist.destroy_process_group()
+    torch.save(draws, os.path.join(out_dir, f"draws{rank}.pt"))
+
+
+def _free_ports(n):
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_ddp_resume_gives_each_rank_its_own_random_stream_back(data, tmp_path):
+    """A 2-process run stopped in epoch 2 and resumed ends with the uninterrupted run's weights:
+    each rank's random stream (here GCL's noise; augmentation draws per-sample seeds) is saved
+    and restored per rank, not rank 0's on every rank."""
+    cfg = validate_variant("stage1", {"method": "gcl", "epochs": 2, "batch_size": 32, "lr": 0.05,
+                                      "select": "last", "model": {"width": 4}, "augment": {"crop_padding": 1, "hflip": True}})
+    mp.spawn(_resume_worker, args=(2, _free_ports(3), str(data), str(tmp_path), cfg), nprocs=2)
+    a, _ = load_checkpoint(tmp_path / "a.pt")
+    c, meta = load_checkpoint(tmp_path / "bc.pt")
+    draws = [torch.load(tmp_path / f"draws{r}.pt", weights_only=True) for r in range(2)]
+    for r in range(2):
+        assert 1 in draws[r]["c"] and 0 not in draws[r]["c"]  # (c) resumed at epoch 2
+        assert torch.equal(draws[r]["c"][1], draws[r]["a"][1]), f"rank {r} draws another stream after the resume"
+    assert not torch.equal(draws[0]["a"][1], draws[1]["a"][1])  # the ranks' streams differ
+    for (k, u), v in zip(a.state_dict().items(), c.state_dict().values()):
+        assert torch.equal(u, v), k

@@ -113,12 +113,13 @@ def test_encode_of_nothing_has_the_right_shapes(trained):
     ("cpu", 1, True, 0), ("cpu", 8, True, 0),         # decoded images in memory, CPU: none
     ("cpu", 1, False, 0), ("cpu", 4, False, 3),       # decoding on the fly: threads - 1
     ("cuda", 1, True, 1), ("cuda", 4, True, 3),       # CUDA: overlap with the GPU's work
-    ("cuda", 32, True, 8), ("cuda", None, False, 1),  # at most 8; no threads given: 1
+    ("cuda", 16, True, 15), ("cuda", 64, True, 32),   # every core but the main process's, at most 32
+    ("cuda", None, False, 1),                         # no threads given: 1
 ])
 def test_loader_options(device, threads, in_memory, workers):
     opts = loader_options(device, threads, in_memory)
-    # persistent_workers False: workers re-seeded from the main RNG every epoch (resumable runs)
-    assert opts == {"num_workers": workers, "persistent_workers": False, "pin_memory": device == "cuda"}
+    # persistent workers: started once per loader (augmentation seeds are per sample, not per worker)
+    assert opts == {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": device == "cuda"}
 
 
 def test_loader_options_build_a_working_loader():

@@ -214,7 +214,8 @@ def test_bf16_on_cpu_trains_close_to_fp32(data, tmp_path, monkeypatch, caplog, c
     with caplog.at_level(logging.INFO, logger="lmdlt.stage1"):
         meta = train(data, cfg, tmp_path / "bf16.pt", precision="bf16", channels_last=channels_last)
     assert f"device cpu, precision bf16, channels-last {channels_last == 'on'}" in caplog.text
-    assert meta["compute"] == {"device": "cpu", "precision": "bf16", "channels_last": channels_last == "on"}
+    assert meta["compute"] == {"device": "cpu", "precision": "bf16", "channels_last": channels_last == "on",
+                               "augment": "loader"}
     (loss32, autocast32), (loss16, autocast16) = fp32[0], bf16[0]
     assert not autocast32 and autocast16
     assert loss16 == pytest.approx(loss32, rel=0.02)

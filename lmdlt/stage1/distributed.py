@@ -105,7 +105,9 @@ class Distributed:
         """Loss sums, sample count and per-step losses over all ranks: the per-step loss is the
         mean of the ranks' per-batch means (equal per-rank batches, i.e. the global-batch mean).
         One collective per epoch, so training steps are not slowed down."""
-        steps = torch.tensor([float(v) for v in step_losses], dtype=torch.float64)
+        # one device-to-host copy for the epoch's per-step losses (tensors)
+        steps = (torch.stack([torch.as_tensor(v) for v in step_losses]).detach().to("cpu", torch.float64)
+                 if len(step_losses) else torch.zeros(0, dtype=torch.float64))
         if not self.active:
             return sums, seen, steps.tolist()
         names = sorted(sums)

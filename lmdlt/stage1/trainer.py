@@ -31,15 +31,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.augment import SeededDraws, resolve_augment_device, seeded_call, stream_seed
 from ..data.image_cache import ImageCache, load_split_images
 from ..data.samplers import make_sampler, set_sampler_epoch
-from ..data.transforms import channel_stats
+from ..data.transforms import Identity, channel_stats
 from ..divergence import DivergenceError, DivergenceGuard, run_context, with_run
 from ..io import atomic_path, provenance
 from ..models import build_network
 from ..models.finetune import apply_finetune, param_groups
 from ..progress import Pace, bar
-from ..resume import ResumeState, rng_state, run_identity, set_rng_state
+from ..resume import ResumeState, rng_state, run_identity
 from ..runtime import autocast, loader_options, resolve_precision, setup_torch, use_channels_last
 from ..tracking import NO_TRACKING
 from .base import get_method
@@ -49,7 +50,9 @@ log = logging.getLogger("lmdlt.stage1")
 
 
 class _AugmentedImages(Dataset):
-    """uint8 NHWC images -> augmented uint8 CHW tensors, one sample at a time."""
+    """uint8 NHWC images -> augmented uint8 CHW tensors, one sample at a time. Keys are
+    ``(index, seed)`` pairs (``augment.SeededDraws``): each image is augmented under its own
+    seed, whichever process or worker makes it; a plain index draws from the global stream."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform) -> None:
         self.images = torch.from_numpy(images).permute(0, 3, 1, 2)
@@ -59,8 +62,12 @@ class _AugmentedImages(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i):
-        return self.transform(self.images[i]), self.labels[i]
+    def __getitem__(self, key):
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        img = self.images[i]
+        if isinstance(self.transform, Identity):
+            return img, self.labels[i]
+        return (self.transform(img) if seed is None else seeded_call(self.transform, img, seed)), self.labels[i]
 
 
 @torch.no_grad()
@@ -187,11 +194,14 @@ def train_sampler_spec(cfg: dict, method) -> dict:
 
 
 def _loader(dataset, labels, spec: dict, cfg: dict, gen, ddp=SINGLE_PROCESS,
-            workers: dict | None = None) -> DataLoader:
-    """``workers``: ``runtime.loader_options`` (workers and pinned memory chosen by the code)."""
+            workers: dict | None = None, seed: int = 0, stream: int = 0) -> DataLoader:
+    """``workers``: ``runtime.loader_options`` (workers and pinned memory chosen by the code);
+    ``seed``, ``stream``: the per-sample augmentation seeds' source (``augment.SeededDraws``)."""
     opts = {k: v for k, v in spec.items() if k != "name"}
-    # under torchrun: this rank's shard of the global draw, in batches of batch_size / processes
-    sampler = ddp.shard(make_sampler(labels, spec["name"], gen, epochs=cfg["epochs"], **opts))
+    # seeds per position of the global draw; under torchrun: this rank's shard of it, in
+    # batches of batch_size / processes (each image keeps the seed it has in one process)
+    sampler = ddp.shard(SeededDraws(make_sampler(labels, spec["name"], gen, epochs=cfg["epochs"], **opts),
+                                    seed, stream))
     return DataLoader(dataset, batch_size=ddp.local_batch_size(cfg["batch_size"]), sampler=sampler,
                       drop_last=len(labels) > cfg["batch_size"], **(workers or {}))
 
@@ -213,7 +223,7 @@ def lr_scheduler(opt, schedule: str, steps: int, method) -> torch.optim.lr_sched
 @_named_run
 def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
                  threads: int | None = None, device: str = "auto", precision: str = "auto",
-                 channels_last: str = "auto", tracker=None) -> dict:
+                 channels_last: str = "auto", tracker=None, augment_device: str = "auto") -> dict:
     """Train one stage-1 variant; returns the checkpoint's metadata. ``precision``: auto (bf16
     autocast on CUDA), fp32 or bf16; ``channels_last``: auto (on CUDA), on or off.
     ``tracker``: a ``lmdlt.tracking.Tracker`` given every epoch's row and the kept epoch."""
@@ -237,8 +247,7 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
              dev, prec, memory_format == torch.channels_last, torch.get_num_threads(), len(y_tr),
              counts.tolist(), len(y_val))
     parents = {"split": data["meta"]["content_hash"], "images": ImageCache(cache_path).provenance["config_hash"]}
-    # precision is part of the identity: half fp32, half bf16 would match neither kind of run
-    resume = ResumeState(out_path, run_identity("stage1", {"variant": cfg, "precision": prec}, parents, seed))
+    resume_key = {"variant": cfg, "precision": prec}
     if ddp.active:
         log.info("distributed: %d processes, backend %s, device %s per process, global batch %d = %d x %d",
                  ddp.world_size, ddp.backend, dev.type, cfg["batch_size"], ddp.world_size,
@@ -255,13 +264,22 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
     net = net.to(dev, memory_format=memory_format)
     net = ddp.prepare(net, dev)  # SyncBatchNorm under torchrun, before any method hook sees net
     method = get_method(cfg["method"])(cfg["params"], counts)
-    dataset = _AugmentedImages(x_tr, y_tr, method.train_transform(cfg["augment"], x_tr.shape[1]))
+    method_transform = method.train_transform(cfg["augment"], x_tr.shape[1])
+    # batched on the device (a GPU: RRL's strong view is ~6 ms per 224 px image on a CPU core) or
+    # per sample in the loader (lmdlt.data.augment); another random stream, so part of the identity
+    batch_aug = resolve_augment_device(augment_device, dev, method_transform)
+    log.info("augmentation: %s", "batched on the device" if batch_aug is not None else "per sample in the loader")
+    resume_key["augment"] = "device" if batch_aug is not None else "loader"
+    # precision is part of the identity: half fp32, half bf16 would match neither kind of run
+    resume = ResumeState(out_path, run_identity("stage1", resume_key, parents, seed))
+    transform = Identity() if batch_aug is not None else method_transform
+    dataset = _AugmentedImages(x_tr, y_tr, transform)
     # the images are decoded in memory (the cache): no worker on the CPU, workers + pinned
     # memory on CUDA (lmdlt.runtime.loader_options)
     workers = loader_options(dev, threads, in_memory=True)
-    loader = _loader(dataset, y_tr, train_sampler_spec(cfg, method), cfg, gen, ddp, workers)
+    loader = _loader(dataset, y_tr, train_sampler_spec(cfg, method), cfg, gen, ddp, workers, seed, 0)
     paired_spec = method.paired_sampler()
-    paired = _loader(dataset, y_tr, paired_spec, cfg, gen, ddp, workers) if paired_spec else None
+    paired = _loader(dataset, y_tr, paired_spec, cfg, gen, ddp, workers, seed, 1) if paired_spec else None
     if paired_spec:
         log.info("paired batches from sampler %s", paired_spec)
     method.on_train_start(net, cfg["epochs"], len(loader))  # before modules(): they may need net
@@ -293,7 +311,7 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
         method.load_state_dict(resumed["method"])
         opt.load_state_dict(resumed["optimizer"])
         sched.load_state_dict(resumed["scheduler"])
-        set_rng_state(resumed["rng"], *sampler_gens)
+        ddp.restore_rng(resumed, sampler_gens, seed)  # each rank its own stream
         best, history, start_epoch = resumed["best"], resumed["history"], resumed["epoch"]
         if history and history[0].get("step_losses"):
             divergence.reference = history[0]["step_losses"][0]
@@ -308,8 +326,8 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
         t0 = time.perf_counter()
         net.train()
         extra.train()
-        sums: dict[str, float] = {}
-        step_losses = []  # tensors: no host sync per step
+        sums: dict[str, torch.Tensor] = {}  # on the device: no host sync per step
+        step_losses = []
         correct = seen = 0
         set_sampler_epoch(loader.sampler, epoch)
         paired_batches = None
@@ -318,10 +336,16 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
             paired_batches = _cycle(paired)
         for step, (x, y) in enumerate(bar(loader, desc=f"epoch {epoch + 1}", unit="batch",
                                           enable=ddp.is_main), 1):
-            x, y = _to(x, dev, memory_format), y.to(dev, non_blocking=True)
+            x, y = _to(x, dev), y.to(dev, non_blocking=True)
+            if batch_aug is not None:
+                x = batch_aug(x, stream_seed(seed, 0, epoch, step, ddp.rank))
+            x = _to(x, dev, memory_format)
             kw = {}
             if paired_batches is not None:
                 x2, y2 = next(paired_batches)
+                x2 = _to(x2, dev)
+                if batch_aug is not None:
+                    x2 = batch_aug(x2, stream_seed(seed, 1, epoch, step, ddp.rank))
                 kw["paired"] = (_to(x2, dev, memory_format), y2.to(dev, non_blocking=True))
             with autocast(dev, prec):
                 terms = step_loss(x, y, epoch, **kw)
@@ -338,9 +362,12 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
             sched.step()
             method.after_step(net)
             for name, v in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(v.detach()) * len(y)
+                term = v.detach().double() * len(y)
+                sums[name] = term if name not in sums else sums[name] + term
             seen += len(y)
             step_losses.append(loss.detach())
+        if sums:  # the epoch's one host sync of the loss sums
+            sums = dict(zip(sums, torch.stack(list(sums.values())).tolist()))
         sums, seen, step_losses = ddp.reduce_epoch(sums, seen, step_losses)  # over all ranks
         try:  # on every rank (the sums are reduced), so that all ranks stop together
             divergence.check(sum(sums.values()) / max(seen, 1), epoch + 1, cfg["epochs"],
@@ -349,6 +376,7 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
             resume.clear()
             raise
         method.on_epoch_end(net, x_tr, dev)  # e.g. RRL re-estimating BatchNorm on clean images
+        rng_ranks = ddp.rng_states(rng_state(*sampler_gens))  # every rank's own (a collective)
         if not ddp.is_main:
             continue  # the weights are the same on every rank: rank 0 validates, selects, saves
         with autocast(dev, prec):
@@ -370,7 +398,7 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
                     "state": copy.deepcopy({k_: v.cpu() for k_, v in net.state_dict().items()})}
         resume.save({"epoch": epoch + 1, "net": net.state_dict(), "extra": extra.state_dict(),
                      "method": method.state_dict(), "optimizer": opt.state_dict(),
-                     "scheduler": sched.state_dict(), "rng": rng_state(*sampler_gens),
+                     "scheduler": sched.state_dict(), "rng": rng_ranks[0], "rng_ranks": rng_ranks,
                      "best": best, "history": history})
     epochs.close()
     if not ddp.is_main:
@@ -385,7 +413,8 @@ def train_stage1(manifest_path, cache_path, cfg: dict, seed: int, out_path,
         "class_names": class_names, "mean": mean, "std": std, "image_size": int(x_tr.shape[1]),
         "weights": net.weights_info, "finetune": finetune,
         "selected_epoch": best["epoch"], "selected_val_bacc": best["val_bacc"], "history": history,
-        "compute": {"device": str(dev), "precision": prec, "channels_last": memory_format == torch.channels_last},
+        "compute": {"device": str(dev), "precision": prec, "channels_last": memory_format == torch.channels_last,
+                    "augment": resume_key["augment"]},
     }
     with atomic_path(out_path) as tmp:
         torch.save({"state_dict": best["state"], "meta": meta}, tmp)

@@ -20,13 +20,16 @@ def tracking_param(run):
 
 
 def stage1_params(s1):
-    return {
+    params = {
         "variant": as_json(config["stage1"][s1]),
         "device": DEVICE,
         "precision": config["compute"]["precision"],
         "channels_last": config["compute"]["channels_last"],
         "launch": STAGE1_LAUNCH,
     }
+    if config["compute"]["augment_device"] != "auto":  # default configs keep their params
+        params["augment_device"] = config["compute"]["augment_device"]
+    return params
 
 
 rule train_stage1:
@@ -48,12 +51,14 @@ rule train_stage1:
         device=DEVICE,
         precision=config["compute"]["precision"],
         channels_last=config["compute"]["channels_last"],
+        augment_device=config["compute"]["augment_device"],
         launch=STAGE1_LAUNCH,
         tracking=lambda w: tracking_param(f"seed{w.seed}/stage1/{w.s1}"),
     shell:
         "{params.launch} train-stage1 --split {input.split:q} --images {input.images:q} --params {params.variant:q}"
         " --seed {wildcards.seed} --threads {threads} --device {params.device:q}"
         " --precision {params.precision:q} --channels-last {params.channels_last:q}"
+        " --augment-device {params.augment_device:q}"
         " --tracking {params.tracking:q} --out {output:q} > {log:q} 2>&1"
 
 
