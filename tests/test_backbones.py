@@ -303,3 +303,24 @@ def test_frozen_modules_stay_in_eval_mode():
     assert not net.encoder.stem[1].training and net.encoder.layers[0].bn1.training
     teacher = copy.deepcopy(net).train()  # RRL's EMA teacher is a copy
     assert not teacher.encoder.stem[1].training
+
+
+def test_synchronised_batchnorm_keeps_timm_activations():
+    """DDP's BatchNorm conversion: timm's BatchNormAct2d (norm, then its activation) stays a
+    norm followed by the activation (torch's converter would drop the activation)."""
+    import timm
+    from timm.layers import BatchNormAct2d
+
+    from lmdlt.stage1.distributed import CPUSyncBatchNorm, sync_batchnorm
+
+    model = timm.create_model("test_efficientnet").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        cpu = sync_batchnorm(copy.deepcopy(model), "cpu").eval()
+        assert any(isinstance(m, CPUSyncBatchNorm) for m in cpu.modules())
+        torch.testing.assert_close(cpu(x), expected)  # not distributed: plain BatchNorm + act
+    norm_act = {n for n, m in model.named_modules() if isinstance(m, BatchNormAct2d)}
+    assert norm_act
+    cuda = dict(sync_batchnorm(copy.deepcopy(model), "cuda").named_modules())
+    assert {type(cuda[n]).__name__ for n in norm_act} == {"SyncBatchNormAct"}

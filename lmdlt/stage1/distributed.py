@@ -32,6 +32,7 @@ without a gradient (the cosine classifiers' bias, SupCon's classifier without it
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -83,9 +84,7 @@ class Distributed:
         """BatchNorm -> synchronised BatchNorm (in place below the root; returns the root)."""
         if not self.active:
             return module
-        if device.type == "cpu":  # torch's SyncBatchNorm refuses CPU tensors (see CPUSyncBatchNorm)
-            return convert_batchnorm(module, CPUSyncBatchNorm)
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        return sync_batchnorm(module, device.type)
 
     def wrap(self, method, net: nn.Module, extra: nn.Module, seed: int):
         """``step(x, y, epoch, **kw) -> terms``: the method's loss, through DDP when distributed."""
@@ -300,13 +299,49 @@ class ShardedSampler(Sampler[int]):
         return len(self.sampler) // self.world_size
 
 
+def sync_batchnorm(module: nn.Module, device_type: str) -> nn.Module:
+    """Every BatchNorm below ``module`` synchronised: ``CPUSyncBatchNorm`` on the CPU (torch's
+    SyncBatchNorm refuses CPU tensors), torch's ``SyncBatchNorm`` on CUDA, or timm's converter
+    where timm's fused BatchNorm + activation layers are (torch's would keep the norm and drop
+    the activation: timm models' BatchNormAct2d)."""
+    if device_type == "cpu":
+        return convert_batchnorm(module, CPUSyncBatchNorm)
+    if any(_is_norm_act(m) for m in module.modules()):
+        from timm.layers import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(module)
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
+def _is_norm_act(module: nn.Module) -> bool:
+    """timm's BatchNormAct2d: a BatchNorm that applies its ``drop`` and ``act`` children after
+    normalising."""
+    return (isinstance(module, nn.modules.batchnorm._BatchNorm) and isinstance(getattr(module, "act", None), nn.Module)
+            and isinstance(getattr(module, "drop", None), nn.Module))
+
+
+class _NormAct:
+    """Mixin: a (synchronised) BatchNorm followed by the ``drop`` and ``act`` of the timm layer it
+    replaces (BatchNormAct2d's order)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(input)))
+
+
+@functools.lru_cache(maxsize=None)
+def _norm_act_class(cls: type) -> type:
+    return type(f"{cls.__name__}Act", (_NormAct, cls), {})
+
+
 def convert_batchnorm(module: nn.Module, cls: type[nn.modules.batchnorm._BatchNorm]) -> nn.Module:
     """Every BatchNorm below ``module`` (and ``module`` itself) replaced by ``cls``, sharing the
-    parameters and running statistics (so optimiser state and state_dict keys are unchanged)."""
+    parameters and running statistics (so optimiser state and state_dict keys are unchanged); a
+    timm BatchNormAct2d keeps its dropout and activation (``_NormAct``)."""
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, cls):
-        out = cls(module.num_features, module.eps, module.momentum, module.affine,
-                  module.track_running_stats)
+        target = _norm_act_class(cls) if _is_norm_act(module) else cls
+        out = target(module.num_features, module.eps, module.momentum, module.affine,
+                     module.track_running_stats)
         if module.affine:
             out.weight, out.bias = module.weight, module.bias
         out.running_mean, out.running_var = module.running_mean, module.running_var
