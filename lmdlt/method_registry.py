@@ -7,6 +7,11 @@ method's imports; a method registered in a module of another name is still found
 every module. ``available()`` imports every module, so a new method file is found with no extra
 step.
 
+A method's ``params`` (JSON-schema ``properties``) give every param, beside its ``default``, a
+``description`` and a ``source``: where the default comes from (``SOURCE_KINDS``,
+``with_sources``), checked by tests/test_method_defaults.py and printed by
+``lmdlt validate-config --explain``.
+
 This module imports nothing of ``lmdlt`` (and no torch): the stage packages import it to
 register their methods, and ``lmdlt.catalog`` reads the registries through ``loaded(stage)``.
 Who imports what, and when: docs/imports.md.
@@ -64,6 +69,23 @@ class MethodRegistry:
         if name not in self.classes:
             raise ValueError(f"unknown {self.label} method {name!r} (known: {', '.join(self.available())})")
         return self.classes[name]
+
+
+#: how a param's ``source`` begins: where its default comes from
+SOURCE_KINDS = ("paper", "reference", "option", "departure")
+
+
+def with_sources(params: dict, **sources: str) -> dict:
+    """A copy of ``params`` (a method's JSON-schema ``properties``) with the ``source`` of each
+    named param set: where its default comes from, ``paper: <equation, table, section>``,
+    ``reference: <repository@commit file:line>``, ``option: <why>`` (a switch of ours) or
+    ``departure: <ours> (reference: <value>)``. For blocks shared by several methods
+    (``LINEAR_PARAMS``, ``TAU_GRID_PARAMS``) whose values have a different origin in each.
+    JSON-schema validation ignores the key; ``lmdlt validate-config --explain`` prints it."""
+    unknown = sorted(set(sources) - set(params))
+    if unknown:
+        raise KeyError(f"with_sources: no param {', '.join(unknown)} (params: {', '.join(params)})")
+    return {k: ({**v, "source": sources[k]} if k in sources else v) for k, v in params.items()}
 
 
 def loaded(stage: str) -> MethodRegistry | None:

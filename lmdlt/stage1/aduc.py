@@ -91,21 +91,37 @@ def aduc_loss(f: torch.Tensor, g: torch.Tensor, y: torch.Tensor, alpha: float, t
 @register("aduc")
 class AdUni(TwoViewContrastive, Stage1Method):
     params = {
-        "tau": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
-        "alpha_max": {"type": "number", "minimum": 0, "default": 1.0},
-        "alpha_min": {"type": "number", "minimum": 0, "default": 0.01},
+        "tau": {"type": "number", "exclusiveMinimum": 0, "default": 0.1,
+                "description": "temperature of the feature similarities",
+                "source": "paper: Cong et al. Sec. 3.1 (tau = 0.1)"},
+        "alpha_max": {"type": "number", "minimum": 0, "default": 1.0,
+                      "description": "weight alpha of the feature positives at the first epoch",
+                      "source": "paper: Cong et al. Sec. 3.1 (alpha_max = 1.0)"},
+        "alpha_min": {"type": "number", "minimum": 0, "default": 0.01,
+                      "description": "weight alpha of the feature positives at t_decay",
+                      "source": "paper: Cong et al. Sec. 3.1 (alpha_min = 0.01)"},
         "t_decay": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
-                    "description": "epochs over which alpha decays (null: the whole run)"},
-        "dim": {"type": "integer", "minimum": 1, "default": 128},
+                    "description": "epochs over which alpha decays (null: the whole run)",
+                    "source": "departure: the run's last epoch (paper: t_decay = 1000 with 400 "
+                              "epochs, Sec. 3.1)"},
+        "dim": {"type": "integer", "minimum": 1, "default": 128,
+                "description": "size of the L2-normalised projection",
+                "source": "option: 128-d, as supcon's (the paper gives no size)"},
         "alpha_schedule": {"enum": ["paper", "reference"], "default": "paper",
                            "description": "paper: Eq. 3 recomputed per epoch; reference: the "
-                                          "reference code's compounded cosine"},
+                                          "reference code's compounded cosine",
+                           "source": "paper: Cong et al. Eq. 3 per epoch (thomascong121/AdUni@61d8c18 "
+                                     "util.py:116-120 compounds it: alpha_schedule reference)"},
         "logit_compensation": {"enum": ["log_prior", "none"], "default": "log_prior",
                                "description": "log_prior: + log(n_k / N) on the classifier "
-                                              "branch's logits (reference); none: the paper's Eq. 3"},
+                                              "branch's logits (reference); none: the paper's Eq. 3",
+                               "source": "reference: thomascong121/AdUni@61d8c18 losses.py:181-184 "
+                                         "+ log(weight) (the paper's Eq. 3 has none)"},
         "logit_tau": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
                       "description": "temperature of the classifier branch (null: tau, the paper; "
-                                     "the reference: 1.0)"},
+                                     "the reference: 1.0)",
+                      "source": "paper: Cong et al. Eqs. 2-3 divide the logits by tau (reference "
+                                "losses.py:183: supt 1.0)"},
     }
 
     def __init__(self, params, class_counts):

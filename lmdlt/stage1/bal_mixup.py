@@ -12,7 +12,10 @@ from .common import mix_images, soft_cross_entropy
 
 @register("bal_mixup")
 class BalancedMixup(Stage1Method):
-    params = {"alpha": {"type": "number", "exclusiveMinimum": 0, "default": 0.1}}
+    params = {"alpha": {"type": "number", "exclusiveMinimum": 0, "default": 0.1,
+                        "description": "lam ~ Beta(alpha, 1), the weight of the class-balanced image",
+                        "source": "paper: Galdran et al. 2021, alpha = 0.1 (small: mostly the "
+                                  "instance-sampled image)"}}
 
     def paired_sampler(self):
         return {"name": "class_balanced"}

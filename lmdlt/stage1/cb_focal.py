@@ -26,10 +26,15 @@ def cb_focal_loss(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor,
 @register("cb_focal")
 class ClassBalancedFocal(Stage1Method):
     params = {
-        "beta": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.9999},
-        "gamma": {"type": "number", "minimum": 0, "default": 1.0},
+        "beta": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.9999,
+                 "description": "effective-number class weights (1 - beta) / (1 - beta^n_y)",
+                 "source": "paper: Cui et al. 2019 (beta 0.9999 for CIFAR-LT)"},
+        "gamma": {"type": "number", "minimum": 0, "default": 1.0,
+                  "description": "focusing exponent of the sigmoid focal loss",
+                  "source": "paper: Cui et al. 2019 (CB focal, gamma 1.0 at r = 100)"},
         "prior": {"type": ["number", "null"], "exclusiveMinimum": 0, "exclusiveMaximum": 1,
-                  "default": 0.1, "description": "initial sigmoid output (null: keep the init)"},
+                  "default": 0.1, "description": "initial sigmoid output (null: keep the init)",
+                  "source": "paper: Cui et al. 2019 Sec. 4 (bias initialised with pi = 0.1)"},
     }
 
     def __init__(self, params, class_counts):

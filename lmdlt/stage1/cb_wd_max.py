@@ -23,6 +23,8 @@ import torch.nn.functional as F
 
 from .base import Stage1Method, register
 
+WB_REF = "ShadeAlsha/LTR-weight-balancing@e89f292"
+
 
 @torch.no_grad()
 def max_norm_(weight: torch.Tensor, threshold: float) -> None:
@@ -43,10 +45,13 @@ class WeightBalancing(Stage1Method):
     params = {
         "max_norm_thresh": {"type": ["number", "null"], "minimum": 0, "default": None,
                             "description": "MaxNorm threshold relative to the initial row norms, "
-                                           "projected after every epoch (null: no MaxNorm)"},
+                                           "projected after every epoch (null: no MaxNorm)",
+                            "source": f"reference: {WB_REF} demo1_first-stage-training.py:305 "
+                                      "(stage 1 is WD only)"},
         "max_norm": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
-                     "description": "absolute per-row radius projected after every step "
-                                    "(the earlier rule; null: off)"},
+                     "description": "absolute per-row radius projected after every step (null: off)",
+                     "source": "option: ours, an absolute radius instead of the reference's "
+                               "relative threshold; off"},
     }
 
     def __init__(self, params, class_counts):

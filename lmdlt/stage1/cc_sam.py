@@ -115,11 +115,24 @@ class ClassConditionalSAM(SharpnessStep):
 @register("cc_sam")
 class ClassConditionalSAMMethod(Stage1Method):
     params = {
-        "flat_ratio": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.3},
-        "noise_ratio": {"type": "number", "minimum": 0, "default": 1.0e-6},
-        "mixup": {"type": "boolean", "default": True},
-        "mixup_alpha": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
-        "step": {"enum": ["reference", "two_pass"], "default": "reference"},
+        "flat_ratio": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.3,
+                       "description": "weight of the flat (perturbed-classifier) term: "
+                                      "(1 - r) CE + r flat",
+                       "source": f"reference: {REF} configs/Cifar10.json:25 (Cifar100.json:25: 0.5)"},
+        "noise_ratio": {"type": "number", "minimum": 0, "default": 1.0e-6,
+                        "description": "scale of the class-conditional radius rho_c",
+                        "source": f"reference: {REF} configs/Cifar10.json:26; train_cifar.py:166"},
+        "mixup": {"type": "boolean", "default": True,
+                  "description": "mix the batch with a permutation of itself",
+                  "source": f"reference: {REF} configs/Cifar10.json:23; train_cifar.py:129-133"},
+        "mixup_alpha": {"type": "number", "exclusiveMinimum": 0, "default": 1.0,
+                        "description": "lam ~ Beta(alpha, alpha) of the mixup",
+                        "source": f"reference: {REF} configs/Cifar10.json:16; utils/utils.py:315-318"},
+        "step": {"enum": ["reference", "two_pass"], "default": "reference",
+                 "description": "reference: one backward of the combined loss; two_pass: the "
+                                "trainer's SAM-style two-pass step",
+                 "source": f"reference: {REF} train_cifar.py:184-194 (one backward); two_pass is "
+                           "an option of ours"},
     }
 
     def __init__(self, params, class_counts):

@@ -14,7 +14,9 @@ def focal_loss(logits: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Ten
 
 @register("focal")
 class Focal(Stage1Method):
-    params = {"gamma": {"type": "number", "minimum": 0, "default": 2.0}}
+    params = {"gamma": {"type": "number", "minimum": 0, "default": 2.0,
+                        "description": "focusing exponent of (1 - p_t)^gamma (0: plain CE)",
+                        "source": "paper: Lin et al. 2017, gamma = 2 (their chosen value)"}}
 
     def loss(self, net, x, y, epoch):
         return {"focal": focal_loss(net(x), y, self.p["gamma"])}

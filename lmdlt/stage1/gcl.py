@@ -27,6 +27,9 @@ from .base import Stage1Method, register
 from .common import CosineClassifier, DeviceConstants, cosine_logits
 
 
+GCL_REF = "Keke921/GCLLoss@c2a6233"
+
+
 def cloud_amplitudes(counts) -> torch.Tensor:
     """a_k / max(a), a_k = log n_max - log n_k (``losses.py:57-60, 78``)."""
     n = torch.as_tensor(counts, dtype=torch.float64).clamp_min(1)
@@ -57,10 +60,18 @@ def gcl_loss(cos: torch.Tensor, y: torch.Tensor, amplitudes: torch.Tensor, eps: 
 @register("gcl")
 class GaussianCloudedLogit(CosineClassifier, Stage1Method):
     params = {
-        "s": {"type": "number", "exclusiveMinimum": 0, "default": 30.0},
-        "m": {"type": "number", "minimum": 0, "default": 0.0},
-        "noise_mul": {"type": "number", "minimum": 0, "default": 0.5},
-        "noise_std": {"type": "number", "exclusiveMinimum": 0, "default": 1 / 3},
+        "s": {"type": "number", "exclusiveMinimum": 0, "default": 30.0,
+              "description": "scale of the cosine logits",
+              "source": f"reference: {GCL_REF} cifar_train_backbone.py:238 GCLLoss(s=30)"},
+        "m": {"type": "number", "minimum": 0, "default": 0.0,
+              "description": "margin subtracted from the target's cosine",
+              "source": f"reference: {GCL_REF} cifar_train_backbone.py:238 GCLLoss(m=0.)"},
+        "noise_mul": {"type": "number", "minimum": 0, "default": 0.5,
+                      "description": "amplitude of the Gaussian cloud",
+                      "source": f"reference: {GCL_REF} cifar_train_backbone.py:238 GCLLoss(noise_mul=0.5)"},
+        "noise_std": {"type": "number", "exclusiveMinimum": 0, "default": 1 / 3,
+                      "description": "standard deviation of the cloud's noise eps (clipped to [-1, 1])",
+                      "source": f"reference: {GCL_REF} losses.py:65 normal.Normal(0, 1/3)"},
     }
 
     def __init__(self, params, class_counts):

@@ -37,18 +37,31 @@ def centroid_logits(z: torch.Tensor, centroids: torch.Tensor, tau: float) -> tor
 @register("iccl")
 class ICCL(Stage1Method):
     params = {
-        "tau": {"type": "number", "exclusiveMinimum": 0, "default": 0.07},
-        "momentum": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.99},
-        "dim": {"type": "integer", "minimum": 1, "default": 128},
+        "tau": {"type": "number", "exclusiveMinimum": 0, "default": 0.07,
+                "description": "temperature of the centroid contrastive loss",
+                "source": "paper: Tiong et al. Sec. 4.3 (tau = 0.07)"},
+        "momentum": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.99,
+                     "description": "EMA momentum m of the class centroids (Eq. 1)",
+                     "source": "paper: Tiong et al. Sec. 4.3 (m = 0.99)"},
+        "dim": {"type": "integer", "minimum": 1, "default": 128,
+                "description": "size d_z of the projection head's embedding",
+                "source": "paper: Tiong et al. Sec. 4.3 (d_z = 128)"},
         "gamma": {"type": "number", "default": 0.0,
-                  "description": "class-aware sampler of the interpolative branch (0 balanced, 1 reverse)"},
+                  "description": "class-aware sampler of the interpolative branch (0 balanced, 1 reverse)",
+                  "source": "paper: Tiong et al. Sec. 4.3 (gamma = 0), Eq. 2"},
         "warmup_epochs": {"type": ["integer", "null"], "minimum": 0, "default": None,
-                          "description": "uniform-branch-only epochs (null: half the run)"},
+                          "description": "uniform-branch-only epochs (null: half the run)",
+                          "source": "departure: half the run (paper: T = 80 / 100 of 200 epochs "
+                                    "on CIFAR-LT, Sec. 4.3)"},
         "uniform_weight": {"type": "number", "minimum": 0, "default": 1.0,
-                           "description": "omega_u after warm-up (ImageNet-LT 1, CIFAR-LT 0)"},
-        "interp_weight": {"type": "number", "minimum": 0, "default": 1.0, "description": "omega_it"},
+                           "description": "omega_u after warm-up (ImageNet-LT 1, CIFAR-LT 0)",
+                           "source": "paper: Tiong et al. Sec. 4.3 (omega_u = 1)"},
+        "interp_weight": {"type": "number", "minimum": 0, "default": 1.0,
+                          "description": "omega_it, weight of the interpolative branch",
+                          "source": "paper: Tiong et al. Sec. 4.3 (omega_it = 1)"},
         "beta": {"type": "number", "exclusiveMinimum": 0, "default": 1.0,
-                 "description": "lam ~ Beta(beta, beta)"},
+                 "description": "lam ~ Beta(beta, beta)",
+                 "source": "paper: Tiong et al. Sec. 3.2, lam ~ U(0, 1) = Beta(1, 1)"},
     }
 
     def paired_sampler(self):

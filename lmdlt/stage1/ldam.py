@@ -55,13 +55,20 @@ def ldam_loss(cos: torch.Tensor, y: torch.Tensor, margins: torch.Tensor, s: floa
     return F.cross_entropy(s * out, y, weight=None if weight is None else weight.to(cos.device))
 
 
+# the same script trains CE + DRW and LDAM-DRW (--loss_type CE / LDAM): one source for both
+LDAM_REF = "kaidic/LDAM-DRW@2536330"
 DRW_PARAMS = {
     "drw_start": {"type": ["number", "null"], "minimum": 0, "maximum": 1, "default": 0.8,
-                  "description": "fraction of the epochs after which DRW starts (null: no DRW)"},
-    "drw_beta": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.9999},
+                  "description": "fraction of the epochs after which DRW starts (null: no DRW)",
+                  "source": f"reference: {LDAM_REF} cifar_train.py:199-206, 43 (epoch // 160 of 200)"},
+    "drw_beta": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.9999,
+                 "description": "effective-number beta of the DRW class weights",
+                 "source": f"reference: {LDAM_REF} cifar_train.py:202 betas = [0, 0.9999]"},
     "lr_schedule": {"enum": ["reference", "trainer"], "default": "reference",
                     "description": "reference: LDAM-DRW's warm-up and step decays at 0.8 / 0.9 of "
-                                   "the run; trainer: the variant's lr_schedule (cosine)"},
+                                   "the run; trainer: the variant's lr_schedule (cosine)",
+                    "source": f"reference: {LDAM_REF} cifar_train.py:366-376 adjust_learning_rate, "
+                              "scaled from 200 epochs to the run"},
 }
 
 REF_EPOCHS = 200  # the reference run (cifar_train.py l.43); its schedule's epochs are out of 200
@@ -129,8 +136,12 @@ class DeferredReweighting:
 @register("ldam")
 class LDAM(DeferredReweighting, CosineClassifier, Stage1Method):
     params = {
-        "max_m": {"type": "number", "exclusiveMinimum": 0, "default": 0.5},
-        "s": {"type": "number", "exclusiveMinimum": 0, "default": 30.0},
+        "max_m": {"type": "number", "exclusiveMinimum": 0, "default": 0.5,
+                  "description": "largest margin (that of the rarest class); Delta_k ~ n_k^(-1/4)",
+                  "source": f"reference: {LDAM_REF} cifar_train.py:213 LDAMLoss(max_m=0.5)"},
+        "s": {"type": "number", "exclusiveMinimum": 0, "default": 30.0,
+              "description": "scale of the cosine logits",
+              "source": f"reference: {LDAM_REF} cifar_train.py:213 LDAMLoss(s=30)"},
         **DRW_PARAMS,
     }
 

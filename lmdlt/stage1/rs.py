@@ -11,7 +11,9 @@ from .base import Stage1Method, register
 class ReSampling(Stage1Method):
     params = {
         "gamma": {"type": "number", "default": 0.0,
-                  "description": "class-aware exponent: 0 class-balanced, 1 reverse"},
+                  "description": "class-aware exponent: 0 class-balanced, 1 reverse",
+                  "source": "paper: RS = class-balanced re-sampling (LMD paper Sec. 4.2, after "
+                            "Zhang et al. 2021b); gamma > 0 is ICCL's class-aware sampler (Eq. 2)"},
     }
 
     def train_sampler(self):

@@ -38,8 +38,12 @@ def seesaw_loss(logits: torch.Tensor, y: torch.Tensor, cum_counts: torch.Tensor,
 @register("seesaw")
 class Seesaw(Stage1Method):
     params = {
-        "p": {"type": "number", "minimum": 0, "default": 0.8},
-        "q": {"type": "number", "minimum": 0, "default": 2.0},
+        "p": {"type": "number", "minimum": 0, "default": 0.8,
+              "description": "mitigation exponent, (N_j / N_y)^p for N_j < N_y (0: off)",
+              "source": "paper: Wang et al. 2021 Sec. 4 (p = 0.8)"},
+        "q": {"type": "number", "minimum": 0, "default": 2.0,
+              "description": "compensation exponent, (sigma_j / sigma_y)^q for sigma_j > sigma_y (0: off)",
+              "source": "paper: Wang et al. 2021 Sec. 4 (q = 2.0)"},
     }
 
     def __init__(self, params, class_counts):

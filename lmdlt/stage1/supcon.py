@@ -17,9 +17,16 @@ from .common import TwoViewContrastive, supcon_loss
 @register("supcon")
 class SupervisedContrastive(TwoViewContrastive, Stage1Method):
     params = {
-        "tau": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
-        "dim": {"type": "integer", "minimum": 1, "default": 128},
-        "probe": {"type": "boolean", "default": True},
+        "tau": {"type": "number", "exclusiveMinimum": 0, "default": 0.1,
+                "description": "temperature of the supervised contrastive loss",
+                "source": "paper: Khosla et al. 2020 (tau 0.1)"},
+        "dim": {"type": "integer", "minimum": 1, "default": 128,
+                "description": "size of the L2-normalised projection",
+                "source": "paper: Khosla et al. 2020 (128-d projection)"},
+        "probe": {"type": "boolean", "default": True,
+                  "description": "train the network's classifier on detached features (an online "
+                                 "linear probe: predictions and selection, no effect on the encoder)",
+                  "source": "option: ours (no paper value); CICL's classifier comes from stage 2"},
     }
 
     @property

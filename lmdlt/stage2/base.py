@@ -88,10 +88,14 @@ def get_method(name: str) -> type[Stage2Method]:
 
 
 # A tau swept on the validation split (tau-norm, post-hoc logit adjustment): the grid's params
+# (each method gives their sources, ``method_registry.with_sources``)
 TAU_GRID_PARAMS = {
-    "tau_min": {"type": "number", "minimum": 0, "default": 0.0},
-    "tau_max": {"type": "number", "minimum": 0, "default": 2.0},
-    "tau_step": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
+    "tau_min": {"type": "number", "minimum": 0, "default": 0.0,
+                "description": "smallest tau of the grid"},
+    "tau_max": {"type": "number", "minimum": 0, "default": 2.0,
+                "description": "largest tau of the grid (included when on it)"},
+    "tau_step": {"type": "number", "exclusiveMinimum": 0, "default": 0.1,
+                 "description": "step of the grid"},
 }
 
 

@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.samplers import effective_number_weights
-from ..stage1.cb_wd_max import max_norm_, max_norm_threshold
+from ..method_registry import with_sources
+from ..stage1.cb_wd_max import WB_REF, max_norm_, max_norm_threshold
 from .base import Stage2Method, register
 from .linear import LINEAR_PARAMS, train_linear
 
@@ -59,20 +60,38 @@ def cb_loss(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, kind: 
 
 @register("cb_wd_max")
 class WeightBalancingClassifier(Stage2Method):
-    params = {**LINEAR_PARAMS,
-              "batch_size": {"type": "integer", "minimum": 1, "default": 64},
-              "lr": {"type": "number", "exclusiveMinimum": 0, "default": 0.01},
-              "weight_decay": {"type": "number", "minimum": 0, "default": 0.1},
-              "beta": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.9999},
-              "loss": {"enum": ["cb_softmax_bce", "cb_ce"], "default": "cb_softmax_bce"},
-              "max_norm_thresh": {"type": "number", "minimum": 0, "default": 0.1,
-                                  "description": "MaxNorm threshold relative to the initial row "
-                                                 "norms: min + thresh * (max - min)"},
-              "max_norm": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
-                           "description": "absolute radius instead (overrides max_norm_thresh)"},
-              "project": {"enum": ["epoch", "step"], "default": "epoch",
-                          "description": "MaxNorm projection after every epoch or every step"},
-              "sampler": {"type": "string", "default": "instance"}}
+    params = with_sources(
+        {**LINEAR_PARAMS,
+         "batch_size": {**LINEAR_PARAMS["batch_size"], "default": 64},
+         "lr": {**LINEAR_PARAMS["lr"], "default": 0.01},
+         "weight_decay": {**LINEAR_PARAMS["weight_decay"], "default": 0.1},
+         "beta": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.9999,
+                  "description": "effective-number beta of the class weights"},
+         "loss": {"enum": ["cb_softmax_bce", "cb_ce"], "default": "cb_softmax_bce",
+                  "description": "cb_softmax_bce: the reference's 'softmax' CB_loss (BCE of the "
+                                 "softmax vs one-hot, class-weighted); cb_ce: class-weighted CE"},
+         "max_norm_thresh": {"type": "number", "minimum": 0, "default": 0.1,
+                             "description": "MaxNorm threshold relative to the initial row "
+                                            "norms: min + thresh * (max - min)"},
+         "max_norm": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
+                      "description": "absolute radius instead (overrides max_norm_thresh)"},
+         "project": {"enum": ["epoch", "step"], "default": "epoch",
+                     "description": "MaxNorm projection after every epoch or every step"},
+         "sampler": {"type": "string", "default": "instance",
+                     "description": "sampler of the training features (lmdlt.data.samplers)"}},
+        epochs=f"reference: {WB_REF} demo2_second-stage-training.py:336",
+        batch_size=f"reference: {WB_REF} demo2_second-stage-training.py:92",
+        lr=f"reference: {WB_REF} demo2_second-stage-training.py:335",
+        momentum=f"reference: {WB_REF} demo2_second-stage-training.py:346",
+        weight_decay=f"reference: {WB_REF} demo2_second-stage-training.py:337",
+        beta=f"reference: {WB_REF} demo2_second-stage-training.py:340",
+        loss=f"reference: {WB_REF} demo2_second-stage-training.py:339-340; "
+             "utils/class_balanced_loss.py:92-94",
+        max_norm_thresh=f"reference: {WB_REF} demo2_second-stage-training.py:316; "
+                        "utils/regularizers.py:27",
+        max_norm="option: ours, an absolute radius (off)",
+        project=f"reference: {WB_REF} utils/trainval.py:140-142 (PGD after each training epoch)",
+        sampler=f"reference: {WB_REF} demo2_second-stage-training.py:160-164 (shuffle)")
 
     def fit(self, train, val, stage1_classifier, generator):
         if stage1_classifier is None:

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..stage1.gcl import cloud_amplitudes, cloud_noise, gcl_loss
+from ..method_registry import with_sources
+from ..stage1.gcl import GCL_REF, cloud_amplitudes, cloud_noise, gcl_loss
 from .base import Stage2Method, register
 from .linear import LINEAR_PARAMS, train_linear
 
@@ -51,18 +52,36 @@ class CosineLinear(nn.Module):
 
 @register("gcl")
 class GCLClassifierRetraining(Stage2Method):
-    params = {**LINEAR_PARAMS,
-              "epochs": {"type": "integer", "minimum": 1, "default": 30},
-              "batch_size": {"type": "integer", "minimum": 1, "default": 64},
-              "lr": {"type": "number", "exclusiveMinimum": 0, "default": 0.002},
-              "weight_decay": {"type": "number", "minimum": 0, "default": 2e-4},
-              "sampler": {"type": "string", "default": "class_balanced"},
-              "s": {"type": "number", "exclusiveMinimum": 0, "default": 20.0},
-              "m": {"type": "number", "minimum": 0, "default": 0.1},
-              "noise_mul": {"type": "number", "minimum": 0, "default": 0.5},
-              "noise_std": {"type": "number", "exclusiveMinimum": 0, "default": 1 / 3},
-              "gamma": {"type": "number", "minimum": 0, "default": 1.0,
-                        "description": "focal exponent of the stage-2 loss (0: plain CE)"}}
+    params = with_sources(
+        {**LINEAR_PARAMS,
+         "epochs": {**LINEAR_PARAMS["epochs"], "default": 30},
+         "batch_size": {**LINEAR_PARAMS["batch_size"], "default": 64},
+         "lr": {**LINEAR_PARAMS["lr"], "default": 0.002},
+         "weight_decay": {**LINEAR_PARAMS["weight_decay"], "default": 2e-4},
+         "sampler": {"type": "string", "default": "class_balanced",
+                     "description": "sampler of the training features (lmdlt.data.samplers)"},
+         "s": {"type": "number", "exclusiveMinimum": 0, "default": 20.0,
+               "description": "scale of the cosine logits"},
+         "m": {"type": "number", "minimum": 0, "default": 0.1,
+               "description": "margin subtracted from the target's cosine"},
+         "noise_mul": {"type": "number", "minimum": 0, "default": 0.5,
+                       "description": "amplitude of the Gaussian cloud"},
+         "noise_std": {"type": "number", "exclusiveMinimum": 0, "default": 1 / 3,
+                       "description": "standard deviation of the cloud's noise eps (clipped to [-1, 1])"},
+         "gamma": {"type": "number", "minimum": 0, "default": 1.0,
+                   "description": "focal exponent of the stage-2 loss (0: plain CE)"}},
+        epochs=f"reference: {GCL_REF} cifar_train_classifier.py:43",
+        batch_size=f"reference: {GCL_REF} cifar_train_classifier.py:48",
+        lr=f"reference: {GCL_REF} cifar_train_classifier.py:51, 466-476 (0.1 x 0.1 x 0.1 x 2 at "
+           "epoch 0)",
+        momentum=f"reference: {GCL_REF} cifar_train_classifier.py:53",
+        weight_decay=f"reference: {GCL_REF} cifar_train_classifier.py:55",
+        sampler=f"reference: {GCL_REF} cifar_train_classifier.py:37, 171-173 BalancedRS",
+        s=f"reference: {GCL_REF} cifar_train_classifier.py:221 GCLLoss(s=20)",
+        m=f"reference: {GCL_REF} cifar_train_classifier.py:221 GCLLoss(m=0.1)",
+        noise_mul=f"reference: {GCL_REF} cifar_train_classifier.py:222 noise_mul=0.5",
+        noise_std=f"reference: {GCL_REF} losses.py:65 normal.Normal(0, 1/3)",
+        gamma=f"reference: {GCL_REF} cifar_train_classifier.py:222 train_cls=True, gamma=1.")
 
     def fit(self, train, val, stage1_classifier, generator):
         if stage1_classifier is None:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..method_registry import with_sources
 from .base import Stage2Method, register
 from .linear import LINEAR_PARAMS, train_linear
 
@@ -27,14 +28,30 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, w_d: 
 
 @register("kd_rebalance")
 class DistillationRebalancing(Stage2Method):
-    params = {**LINEAR_PARAMS,
-              "lr": {"type": "number", "exclusiveMinimum": 0, "default": 0.01},
-              "sampler": {"type": "string", "default": "class_aware"},
-              "gamma": {"type": "number", "default": 1.0,
-                        "description": "class_aware sampler exponent gamma' (1 reverse, 0 balanced)"},
-              "w_d": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5},
-              "tau_d": {"type": "number", "exclusiveMinimum": 0, "default": 10.0},
-              "init": {"enum": ["stage1", "random"], "default": "stage1"}}
+    params = with_sources(
+        {**LINEAR_PARAMS,
+         "lr": {**LINEAR_PARAMS["lr"], "default": 0.01},
+         "sampler": {"type": "string", "default": "class_aware",
+                     "description": "sampler of the training features (lmdlt.data.samplers)"},
+         "gamma": {"type": "number", "default": 1.0,
+                   "description": "class_aware sampler exponent gamma' (1 reverse, 0 balanced)"},
+         "w_d": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5,
+                 "description": "weight omega_d of the distillation term"},
+         "tau_d": {"type": "number", "exclusiveMinimum": 0, "default": 10.0,
+                   "description": "distillation temperature"},
+         "init": {"enum": ["stage1", "random"], "default": "stage1",
+                  "description": "start from the stage-1 classifier or a fresh one"}},
+        epochs="paper: Tiong et al. Sec. 4.3 (10 epochs)",
+        batch_size="departure: 128, the stage-1 batch of the paper's CIFAR-LT setting (Sec. 4.3; "
+                   "no stage-2 batch given)",
+        lr="paper: Tiong et al. Sec. 4.3 (the original learning rate x 0.1)",
+        momentum="paper: Tiong et al. Sec. 4.3 (SGD momentum 0.9)",
+        weight_decay="departure: the shared linear default 5e-4 (the paper states none for stage 2)",
+        sampler="paper: Tiong et al. Eq. 2 with gamma', Sec. 3.6",
+        gamma="paper: Tiong et al. Sec. 4.3 (gamma' = 1)",
+        w_d="paper: Tiong et al. Sec. 4.3 (omega_d = 0.5)",
+        tau_d="paper: Tiong et al. Sec. 4.3 (tau_d = 10)",
+        init="option: ours, start from the stage-1 classifier (the teacher)")
 
     def fit(self, train, val, stage1_classifier, generator):
         if stage1_classifier is None:

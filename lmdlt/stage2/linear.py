@@ -33,12 +33,18 @@ from .guards import check_finite_grads, check_finite_terms
 
 log = logging.getLogger("lmdlt.stage2")
 
+# shared by the methods training through train_linear; each gives their sources (with_sources)
 LINEAR_PARAMS = {
-    "epochs": {"type": "integer", "minimum": 1, "default": 10},
-    "batch_size": {"type": "integer", "minimum": 1, "default": 128},
-    "lr": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
-    "momentum": {"type": "number", "minimum": 0, "default": 0.9},
-    "weight_decay": {"type": "number", "minimum": 0, "default": 5e-4},
+    "epochs": {"type": "integer", "minimum": 1, "default": 10,
+               "description": "passes over the training features"},
+    "batch_size": {"type": "integer", "minimum": 1, "default": 128,
+                   "description": "features per SGD step"},
+    "lr": {"type": "number", "exclusiveMinimum": 0, "default": 0.1,
+           "description": "starting SGD learning rate (cosine to 0 over the steps)"},
+    "momentum": {"type": "number", "minimum": 0, "default": 0.9,
+                 "description": "SGD momentum"},
+    "weight_decay": {"type": "number", "minimum": 0, "default": 5e-4,
+                     "description": "SGD weight decay"},
 }
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..method_registry import with_sources
 from .base import TAU_GRID_PARAMS, Stage2Method, register, tau_grid
 
 
@@ -32,7 +33,12 @@ def adjusted_logits(logits: np.ndarray, log_pi: np.ndarray, tau: float) -> np.nd
 
 @register("logit_adjust")
 class PostHocLogitAdjustment(Stage2Method):
-    params = dict(TAU_GRID_PARAMS)
+    params = with_sources(
+        TAU_GRID_PARAMS,
+        tau_min="paper: Menon et al. 2021 tune tau; the grid [0, 2] holds the reference's 1.0",
+        tau_max="reference: google-research logit_adjustment/main.py:42 (tau flag 1.0, inside "
+                "the grid)",
+        tau_step="option: grid step, as tau_norm's")
 
     def grid(self) -> np.ndarray:
         return tau_grid(self.p, "logit_adjust")

@@ -6,8 +6,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..method_registry import with_sources
 from .base import Stage2Method, register
 from .linear import LINEAR_PARAMS, train_linear
+
+CB_REF = "facebookresearch/classifier-balancing@22370c6"
 
 
 class ScaledClassifier(nn.Module):
@@ -26,9 +29,18 @@ class ScaledClassifier(nn.Module):
 
 @register("lws")
 class LearnableWeightScaling(Stage2Method):
-    params = {**LINEAR_PARAMS,
-              "weight_decay": {"type": "number", "minimum": 0, "default": 0.0},
-              "sampler": {"type": "string", "default": "class_balanced"}}
+    params = with_sources(
+        {**LINEAR_PARAMS,
+         "weight_decay": {"type": "number", "minimum": 0, "default": 0.0,
+                          "description": "SGD weight decay on the scales"},
+         "sampler": {"type": "string", "default": "class_balanced",
+                     "description": "sampler of the training features (lmdlt.data.samplers)"}},
+        epochs=f"departure: 10 (reference: 5 epochs, {CB_REF} config/ImageNet_LT/cls_lws.yaml)",
+        batch_size=f"departure: 128 (reference: batch 512, {CB_REF} cls_lws.yaml)",
+        lr=f"departure: 0.1 at batch 128 (reference: 0.2 at batch 512, {CB_REF} cls_lws.yaml)",
+        momentum=f"reference: {CB_REF} config/ImageNet_LT/cls_lws.yaml momentum 0.9",
+        weight_decay=f"departure: 0 (reference: 5e-4, {CB_REF} cls_lws.yaml)",
+        sampler=f"reference: {CB_REF} cls_lws.yaml ClassAwareSampler (class-balanced)")
 
     def fit(self, train, val, stage1_classifier, generator):
         if stage1_classifier is None:

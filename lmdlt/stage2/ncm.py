@@ -14,7 +14,11 @@ def _l2(x: np.ndarray) -> np.ndarray:
 
 @register("ncm")
 class NearestClassMean(Stage2Method):
-    params = {"metric": {"enum": ["cosine", "euclidean"], "default": "cosine"}}
+    params = {"metric": {"enum": ["cosine", "euclidean"], "default": "cosine",
+                         "description": "score: cosine to the centroids, or minus the Euclidean distance",
+                         "source": "departure: cosine (reference: facebookresearch/classifier-"
+                                   "balancing@22370c6 models/KNNClassifier.py:16 dist_type 'l2'; "
+                                   "Kang et al. 2020 report both)"}}
 
     def fit(self, train, val, stage1_classifier, generator):
         x = np.asarray(train["features"], dtype=np.float64)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..method_registry import with_sources
 from .base import TAU_GRID_PARAMS, Stage2Method, register, tau_grid
 
 
@@ -16,7 +17,14 @@ def tau_normalised(weight: np.ndarray, tau: float) -> np.ndarray:
 
 @register("tau_norm")
 class TauNorm(Stage2Method):
-    params = dict(TAU_GRID_PARAMS)
+    params = with_sources(
+        TAU_GRID_PARAMS,
+        tau_min="reference: facebookresearch/classifier-balancing@22370c6 tau_norm.py:110 "
+                "np.linspace(0, 2, 21)",
+        tau_max="reference: facebookresearch/classifier-balancing@22370c6 tau_norm.py:110 "
+                "np.linspace(0, 2, 21)",
+        tau_step="reference: facebookresearch/classifier-balancing@22370c6 tau_norm.py:110 "
+                 "(21 values over [0, 2])")
 
     def grid(self) -> np.ndarray:
         return tau_grid(self.p, "tau_norm")

@@ -38,29 +38,46 @@ log = logging.getLogger("lmdlt.stage2")
 # The M-step's parameters, shared with ICC. Defaults are the LMD reference code's values.
 MSTEP_PARAMS = {
     "virtual_per_class": {"type": "integer", "minimum": 1, "default": 50000,
-                          "description": "R: virtual features drawn per class and M-step (paper 50,000)"},
+                          "description": "R: virtual features drawn per class and M-step (paper 50,000)",
+                          "source": "paper: LMD Sec. 4.7 (R = 50,000 for all experiments)"},
     "m_sampler": {"enum": ["class_balanced", "instance", "sqrt"], "default": "class_balanced",
                   "description": "sampling of the training features the Gaussians are estimated from "
-                                 "(paper: class-balanced, Eq. 7; Table 5 'uniform' is instance)"},
+                                 "(paper: class-balanced, Eq. 7; Table 5 'uniform' is instance)",
+                  "source": "paper: LMD Sec. 3.4.2, Eq. 7, and Table 5"},
     "cov_reg": {"type": "number", "minimum": 0, "default": 1e-2,
-                "description": "added to the covariance diagonal (reference code 1e-2)"},
+                "description": "added to the covariance diagonal (reference code 1e-2)",
+                "source": "reference: stage2.py virtual_representations (covariance + 1e-2 I)"},
     "stats_decay": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.999,
-                    "description": "EMA of mean/covariance across iterations: min(1 - 1/(j+1), decay)"},
+                    "description": "EMA of mean/covariance across iterations: min(1 - 1/(j+1), decay)",
+                    "source": "reference: stage2.py distribution_ema_update (paper Sec. 3.4.2: an EMA)"},
     "features": {"enum": ["virtual", "real"], "default": "virtual",
-                 "description": "virtual: VFC; real: class-balanced resampled real features (w/o VFC)"},
+                 "description": "virtual: VFC; real: class-balanced resampled real features (w/o VFC)",
+                 "source": "paper: LMD Sec. 3.4.1 (VFC); real is our 'w/o VFC' ablation (docs/lmd.md)"},
     "mode": {"enum": ["sampled", "implicit"], "default": "sampled",
-             "description": "sampled: R draws per class; implicit: R -> infinity (ISDA bound)"},
+             "description": "sampled: R draws per class; implicit: R -> infinity (ISDA bound)",
+             "source": "paper: LMD Algorithm 1 line 13 (R samples per class); implicit is an "
+                       "option of ours"},
     "m_epochs": {"type": "integer", "minimum": 1, "default": 1,
-                 "description": "passes over the R*K features per M-step (reference 1)"},
-    "m_batch_size": {"type": "integer", "minimum": 1, "default": 352},
+                 "description": "passes over the R*K features per M-step (reference 1)",
+                 "source": "reference: stage2.py, one pass over the virtual features per iteration"},
+    "m_batch_size": {"type": "integer", "minimum": 1, "default": 352,
+                     "description": "virtual features per classifier SGD step",
+                     "source": "reference: the stage-2 batch size of its config, 352"},
     "m_lr": {"type": "number", "exclusiveMinimum": 0, "default": 1e-5,
-             "description": "classifier SGD learning rate (paper/reference 1e-5)"},
-    "m_momentum": {"type": "number", "minimum": 0, "default": 0.9},
-    "m_weight_decay": {"type": "number", "minimum": 0, "default": 1e-4},
+             "description": "classifier SGD learning rate (paper/reference 1e-5)",
+             "source": "paper: LMD Sec. 4.2 (classifier lr 1e-5)"},
+    "m_momentum": {"type": "number", "minimum": 0, "default": 0.9,
+                   "description": "classifier SGD momentum",
+                   "source": "reference: stage2.py SGD momentum 0.9"},
+    "m_weight_decay": {"type": "number", "minimum": 0, "default": 1e-4,
+                       "description": "classifier SGD weight decay",
+                       "source": "reference: stage2.py SGD weight_decay 1e-4"},
     "implicit_steps": {"type": "integer", "minimum": 1, "default": 500,
-                       "description": "mode implicit: full-batch optimiser steps per M-step"},
+                       "description": "mode implicit: full-batch optimiser steps per M-step",
+                       "source": "option: ours (mode implicit is beyond the paper)"},
     "isda_strength": {"type": "number", "minimum": 0, "default": 1.0,
-                      "description": "mode implicit: scale of the covariance term (1 = the exact bound)"},
+                      "description": "mode implicit: scale of the covariance term (1 = the exact bound)",
+                      "source": "option: ours; 1 is the exact ISDA bound of the expected CE"},
 }
 
 
@@ -216,7 +233,9 @@ class VirtualFeatureCalibration(Stage2Method):
     params = {**MSTEP_PARAMS,
               "m_schedule": {"enum": ["constant", "cosine"], "default": "constant",
                              "description": "learning rate over the single M-step: constant as in ICC's "
-                                            "M-step and the reference; cosine decay to 0"}}
+                                            "M-step and the reference; cosine decay to 0",
+                             "source": "reference: constant (stage2.py never steps its MultiStepLR), "
+                                       "as ICC's M-step"}}
 
     def fit(self, train, val, stage1_classifier, generator):
         feats, labels = train["features"], train["labels"]
