@@ -23,7 +23,7 @@ experiment config that :func:`lmdlt.config.validate_config` accepts and that run
 """
 from __future__ import annotations
 
-import json
+import io
 import logging
 import math
 import os
@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 from PIL import Image
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 #: imbalance ratios offered, in the order of preference within a protocol
 NICE_RATIOS = (2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -295,13 +297,42 @@ def rank_groups(k: int) -> list[int]:
     return [third, k - 2 * third, third]
 
 
-def _flow(obj) -> str:
-    if isinstance(obj, str) and re.fullmatch(r"[A-Za-z0-9_./][A-Za-z0-9_./ +-]*", obj) \
-            and yaml.safe_load(obj) == obj and not obj.endswith(" "):
-        return obj  # plain where YAML reads it back as this string
-    if not isinstance(obj, (dict, list, tuple)):
-        return json.dumps(obj)  # a scalar in JSON form is YAML too (no document-end marker)
-    return yaml.safe_dump(obj, default_flow_style=True, sort_keys=False, width=10_000).strip()
+#: column of the end-of-line comments (two spaces after a longer line)
+COMMENT_COLUMN = 27
+#: width of the wrapped comment lines
+COMMENT_WIDTH = 94
+
+
+def _yaml() -> YAML:
+    """ruamel.yaml's round-trip writer: keys in insertion order, comments attached to keys."""
+    y = YAML()
+    y.width = 10_000  # one line per flow collection (a wrapped ICC params line hides a key)
+    y.indent(mapping=2, sequence=4, offset=2)
+    # null spelled out: ruamel writes an empty value, which reads as null but looks unfinished
+    y.representer.add_representer(
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    return y
+
+
+def _flow(obj):
+    """``obj`` (a dict or list) written on one line: ``{a: 1, b: 2}``, ``[0, 1]``."""
+    out = CommentedMap(obj) if isinstance(obj, dict) else CommentedSeq(obj)
+    out.fa.set_flow_style()
+    return out
+
+
+def _note(mapping: CommentedMap, key: str, text: str, indent: int) -> None:
+    """An end-of-line comment on ``key`` (a key at ``indent`` spaces), aligned at
+    COMMENT_COLUMN, two spaces after the value where the line is longer."""
+    buf = io.StringIO()
+    _yaml().dump({key: mapping[key]}, buf)
+    width = indent + len(buf.getvalue().splitlines()[0])
+    mapping.yaml_add_eol_comment(text, key, column=max(COMMENT_COLUMN, width + 2))
+
+
+def _above(mapping: CommentedMap, key: str, lines: list[str], indent: int) -> None:
+    """Comment lines above ``key`` (an empty line stays a blank line)."""
+    mapping.yaml_set_comment_before_after_key(key, before="\n".join(lines), indent=indent)
 
 
 def _name(p: str) -> str:
@@ -311,154 +342,177 @@ def _name(p: str) -> str:
     return name if re.match(r"^[A-Za-z0-9]", name) else "data-" + name
 
 
-def render(info: DataLook, split: SplitChoice, name: str, scale: str, out_name: str) -> str:
-    """The experiment config as commented YAML text."""
+def _header(info: DataLook, name: str, scale: str, out_name: str) -> list[str]:
+    """What the data is and how to run the experiment: the file's opening comment."""
     s = SCALES[scale]
+    order = sorted(range(len(info.class_names)), key=lambda c: (-info.counts[c], c))
+    counts = ", ".join(f"{info.class_names[c]} {info.counts[c]}" for c in order)
+    other = ("CPU: 28 px, small ResNet; the GPU scale: lmdlt init ... --scale gpu" if scale == "cpu"
+             else "GPU: 224 px, torchvision resnet18; the CPU scale: lmdlt init ... --scale cpu")
+    return [
+        f"{name}: an experiment written by `lmdlt init` from {info.root}",
+        f"{len(info.class_names)} classes, {sum(info.counts)} images (head to tail): {counts}",
+        f"natural imbalance {info.natural_imbalance:.2f}; image sizes {info.sizes_text} px",
+        f"pixel modes (every image's header): {info.modes_text} -> {info.channels} channel(s)",
+        f"Run it (from the lmdlt repository):  snakemake --cores {s['cores']} --configfile {out_name}",
+        f"Results: results/{name}/tables/results.md (every row; mean +- std over seeds) and",
+        f"         results/{name}/tables/table2.md (head / medium / tail BACC).",
+        f"Progress while it runs:  lmdlt status results/{name}",
+        f"Every key: workflow/schemas/config.schema.yaml. Scale: {scale} ({other})",
+    ]
+
+
+def _dataset(info: DataLook, name: str, scale: str) -> CommentedMap:
+    options = dict(info.options)
+    mixed = len({m in GREY_MODES for m in info.image_modes}) > 1
+    if info.channels != 3 or mixed:  # 3 is the sources' default: written only where it is news
+        options["channels"] = info.channels
+    ds = CommentedMap(name=name, source=info.source, root=info.root)
+    _note(ds, "name", f"outputs go to results/{name}/", 2)
+    _note(ds, "source", "one folder per class" if info.source == "imagefolder"
+          else "a CSV of path,label[,group]", 2)
+    if options:
+        ds["options"] = _flow(options)
+        if info.channels == 1:
+            _note(ds, "options", "grey images: one channel", 2)
+        elif mixed:
+            _note(ds, "options", "grey and colour images: 3 (grey repeated)", 2)
+    ds["image_size"] = SCALES[scale]["image_size"]
+    _note(ds, "image_size", "every image resized once to this square in the image cache", 2)
+    return ds
+
+
+def _split(split: SplitChoice) -> CommentedMap:
+    sp = CommentedMap((k, _flow(v) if isinstance(v, (dict, list)) else v)
+                      for k, v in split.section.items())
+    _above(sp, next(iter(sp)), textwrap.wrap(" ".join(split.reason), COMMENT_WIDTH), 2)
+    return sp
+
+
+def _groups(info: DataLook) -> CommentedMap:
     k = len(info.class_names)
     order = sorted(range(k), key=lambda c: (-info.counts[c], c))
     sizes = rank_groups(k)
     head = [info.class_names[c] for c in order[:sizes[0]]]
     tail = [info.class_names[c] for c in order[k - sizes[2]:]]
-    counts = ", ".join(f"{info.class_names[c]} {info.counts[c]}" for c in order)
-    options = dict(info.options)
-    mixed = len({m in GREY_MODES for m in info.image_modes}) > 1
-    if info.channels != 3 or mixed:
-        options["channels"] = info.channels
-    model = dict(s["model"])
-    bs = s["batch_size"]
-    epochs = s["epochs"]
-    L = []
+    groups = CommentedMap(rule="rank", sizes=_flow(sizes))
+    _note(groups, "sizes", f"head {', '.join(head)}; tail {', '.join(tail)}", 2)
+    return groups
 
-    def a(line: str) -> None:
-        if "  # " in line and not line.lstrip().startswith("#"):  # align an inline comment
-            text, comment = line.split("  # ", 1)
-            line = text.rstrip().ljust(max(27, len(text.rstrip()) + 2)) + "# " + comment
-        L.append(line)
-    a(f"# {name}: an experiment written by `lmdlt init` from {info.root}")
-    a(f"# {k} classes, {sum(info.counts)} images (head to tail): {counts}")
-    a(f"# natural imbalance {info.natural_imbalance:.2f}; image sizes {info.sizes_text} px")
-    a(f"# pixel modes (every image's header): {info.modes_text} -> {info.channels} channel(s)")
-    a(f"# Run it (from the lmdlt repository):  snakemake --cores {s['cores']} --configfile {out_name}")
-    a(f"# Results: results/{name}/tables/results.md (every row; mean +- std over seeds) and")
-    a(f"#          results/{name}/tables/table2.md (head / medium / tail BACC).")
-    a(f"# Progress while it runs:  lmdlt status results/{name}")
-    a("# Every key: workflow/schemas/config.schema.yaml. Scale: " + scale
-      + (" (CPU: 28 px, small ResNet; the GPU scale: lmdlt init ... --scale gpu)" if scale == "cpu"
-         else " (GPU: 224 px, torchvision resnet18; the CPU scale: lmdlt init ... --scale cpu)"))
-    a("")
-    a("dataset:")
-    a(f"  name: {name}  # outputs go to results/{name}/")
-    a(f"  source: {info.source}" + ("             # one folder per class" if info.source == "imagefolder"
-                                    else "                     # a CSV of path,label[,group]"))
-    a(f"  root: {_flow(info.root)}")
-    if options:
-        a(f"  options: {_flow(options)}" + ("   # grey images: one channel" if info.channels == 1 else
-                                            "   # grey and colour images: 3 (grey repeated)" if mixed
-                                            else ""))
-    a(f"  image_size: {s['image_size']}" + "           # every image resized once to this square in the image cache")
-    a("")
-    a("split:")
-    for line in textwrap.wrap(" ".join(split.reason), 94):
-        a(f"  # {line}")
-    for key, v in split.section.items():
-        a(f"  {key}: {_flow(v)}")
-    a("")
-    a("seeds: [0, 1, 2]")
-    a("")
-    a("groups:                  # head / medium / tail by training-count rank (thirds)")
-    a("  rule: rank")
-    a(f"  sizes: {_flow(sizes)}" + f"        # head {', '.join(head)}; tail {', '.join(tail)}")
-    a("")
-    a("compute:")
-    a("  device: auto           # CUDA when visible, else CPU")
-    a(f"  threads: {s['threads']}" + ("             # one thread per job: --cores 2 runs two jobs at once"
-                                       if scale == "cpu" else "             # per job"))
-    a("")
-    a("# Stage 1: every row has the same budget (epochs, batch, lr, weight decay, cosine schedule).")
-    a("stage1:")
-    a("  ce:")
-    a("    method: ce")
-    a("    label: CE")
-    a(f"    model: {_flow(model)}")
-    a(f"    epochs: {epochs}")
-    a(f"    batch_size: {bs}")
-    a(f"    lr: {s['lr']}")
-    a("    weight_decay: 0.0005")
-    a("    augment: {crop_padding: 2, hflip: true}")
-    a("  rrl:                   # LMD stage 1: relation-aware mean teacher (docs/lmd.md)")
-    a("    method: rrl")
-    a("    label: RRL")
-    a(f"    model: {_flow(model)}")
-    a(f"    epochs: {epochs}")
-    a(f"    batch_size: {bs}")
-    a(f"    lr: {s['lr']}")
-    a("    weight_decay: 0.0005")
-    a("    augment: {crop_padding: 2}   # flips: the method's own views")
+
+def _compute(scale: str) -> CommentedMap:
+    compute = CommentedMap(device="auto", threads=SCALES[scale]["threads"])
+    _note(compute, "device", "CUDA when visible, else CPU", 2)
+    _note(compute, "threads", "one thread per job: --cores 2 runs two jobs at once"
+          if scale == "cpu" else "per job", 2)
+    return compute
+
+
+def _stage1(scale: str) -> CommentedMap:
+    s = SCALES[scale]
+
+    def variant(method: str, label: str, augment: dict) -> CommentedMap:
+        # every row the same budget: the rows differ by method only
+        return CommentedMap(method=method, label=label, model=_flow(s["model"]),
+                            epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"],
+                            weight_decay=0.0005, augment=_flow(augment))
+
+    ce = variant("ce", "CE", {"crop_padding": 2, "hflip": True})
+    rrl = variant("rrl", "RRL", {"crop_padding": 2})
+    _note(rrl, "augment", "flips: the method's own views", 4)
     if s["rrl_params"]:
-        a("    # CPU scale (the reference: lambda_1 10, EMA decay 0.999, consistency from epoch 21 of 100):")
-        a("    # warm-up scaled to 4 of 20 epochs, a shorter teacher horizon, lambda_1 1")
-        a(f"    params: {_flow(s['rrl_params'])}")
+        rrl["params"] = _flow(s["rrl_params"])
+        _above(rrl, "params", [
+            "CPU scale (the reference: lambda_1 10, EMA decay 0.999, consistency from epoch 21 of 100):",
+            "warm-up scaled to 4 of 20 epochs, a shorter teacher horizon, lambda_1 1"], 4)
     else:
-        a("    # the method's defaults: the paper / reference values (lambda_1 10, EMA decay 0.999,")
-        a("    # consistency terms from epoch 21 of 100)")
-    a("")
-    a("# Stage 2 on the frozen encoders (cRT, NCM) and LMD's ICC, which also fine-tunes the encoder.")
-    a("# The ablations inherit ICC's params (`inherit: icc`) and change one thing each.")
-    a("stage2:")
-    a("  crt:")
-    a("    method: crt")
-    a("    label: cRT")
-    a("    stage1: [ce, rrl]")
-    a(f"    params: {_flow(s['crt_params'])}")
-    a("  ncm:")
-    a("    method: ncm")
-    a("    label: NCM")
-    a("    stage1: [ce, rrl]")
-    a("  icc:                   # RRL + ICC = LMD; CE + ICC = \"LMD w/o RRL\"")
-    a("    method: icc")
-    a("    label: ICC")
-    a("    stage1: [ce, rrl]")
+        _above(rrl, "method", [
+            "the method's defaults: the paper / reference values (lambda_1 10, EMA decay 0.999,",
+            "consistency terms from epoch 21 of 100)"], 4)
+    stage1 = CommentedMap(ce=ce, rrl=rrl)
+    _note(stage1, "rrl", "LMD stage 1: relation-aware mean teacher (docs/lmd.md)", 2)
+    return stage1
+
+
+def _stage2(scale: str) -> CommentedMap:
+    s = SCALES[scale]
+    both = ["ce", "rrl"]
+    stage2 = CommentedMap()
+    stage2["crt"] = CommentedMap(method="crt", label="cRT", stage1=_flow(both),
+                                 params=_flow(s["crt_params"]))
+    stage2["ncm"] = CommentedMap(method="ncm", label="NCM", stage1=_flow(both))
+    stage2["icc"] = icc = CommentedMap(method="icc", label="ICC", stage1=_flow(both))
     if s["icc_params"]:
-        a("    # CPU scale: J 5 iterations, R 2,000 virtual features per class, rates 0.05 / 1e-3")
-        a("    # (paper: 200, 50,000, 1e-5 / 1e-6; the GPU scale uses them)")
-        a(f"    params: {_flow(s['icc_params'])}")
+        icc["params"] = _flow(s["icc_params"])
+        _above(icc, "params", [
+            "CPU scale: J 5 iterations, R 2,000 virtual features per class, rates 0.05 / 1e-3",
+            "(paper: 200, 50,000, 1e-5 / 1e-6; the GPU scale uses them)"], 4)
     else:
-        a("    # the paper's scale (the method's defaults): J 200, R 50,000, lr 1e-5 / 1e-6; for a")
-        a("    # first look, e.g. params: {iterations: 20}")
-    a("  vfc:                   # \"LMD w/o ICC\": one M-step on virtual features, no E-step")
-    a("    method: vfc")
-    a("    label: VFC")
-    a("    stage1: [rrl]")
-    a("    inherit: icc")
-    a("  icc_nofdc:             # \"LMD w/o FDC\": lambda_e = 0")
-    a("    method: icc")
-    a("    label: ICC w/o FDC")
-    a("    stage1: [rrl]")
-    a("    inherit: icc")
-    a("    params: {lambda_e: 0.0}")
-    a("  icc_novfc:             # \"LMD w/o VFC\": the M-step trains on class-balanced real features")
-    a("    method: icc")
-    a("    label: ICC w/o VFC")
-    a("    stage1: [rrl]")
-    a("    inherit: icc")
-    a("    params: {features: real}")
-    a("")
-    a("report:")
-    pname = split.section["protocol"]
+        _above(icc, "method", [
+            "the paper's scale (the method's defaults): J 200, R 50,000, lr 1e-5 / 1e-6; for a",
+            "first look, e.g. params: {iterations: 20}"], 4)
+    _note(stage2, "icc", 'RRL + ICC = LMD; CE + ICC = "LMD w/o RRL"', 2)
+    # each ablation inherits ICC's params and changes one thing
+    for key, label, params, why in (
+            ("vfc", "VFC", None, '"LMD w/o ICC": one M-step on virtual features, no E-step'),
+            ("icc_nofdc", "ICC w/o FDC", {"lambda_e": 0.0}, '"LMD w/o FDC": lambda_e = 0'),
+            ("icc_novfc", "ICC w/o VFC", {"features": "real"},
+             '"LMD w/o VFC": the M-step trains on class-balanced real features')):
+        stage2[key] = CommentedMap(method="vfc" if key == "vfc" else "icc", label=label,
+                                   stage1=_flow(["rrl"]), inherit="icc")
+        if params:
+            stage2[key]["params"] = _flow(params)
+        _note(stage2, key, why, 2)
+    return stage2
+
+
+#: table 2's rows: (run, label), stage-1 rows and their stage-2 calibrations, LMD last
+TABLE2_ROWS = (("ce", "CE"), ("ce/crt", "CE + cRT"), ("ce/ncm", "CE + NCM"), ("rrl", "RRL"),
+               ("rrl/crt", "RRL + cRT"), ("ce/icc", "LMD w/o RRL (CE + ICC)"),
+               ("rrl/vfc", "LMD w/o ICC (RRL + VFC)"), ("rrl/icc_novfc", "LMD w/o VFC"),
+               ("rrl/icc_nofdc", "LMD w/o FDC"), ("rrl/icc", "LMD (RRL + ICC)"))
+
+
+def _report(split: SplitChoice, name: str, scale: str) -> CommentedMap:
+    s = SCALES[scale]
+    protocol = split.section["protocol"]
     r = split.section.get("imbalance_ratio")
-    title = f"{name} ({pname}" + (f", r = {_r_text(r)}" if r is not None and pname != "random" else "") \
-        + f"{', grouped' if split.section.get('grouped') else ''}): {s['image_size']} px, {model['arch']}, {epochs} epochs"
-    a(f"  title: {_flow(title)}")
-    a("  lmd: rrl/icc           # compared with every other row (paired bootstrap on BACC)")
-    a("  tables:")
-    a("    table2:              # head / medium / tail / overall BACC, mean +- std")
-    a("      rows:")
-    for run, label in (("ce", "CE"), ("ce/crt", "CE + cRT"), ("ce/ncm", "CE + NCM"), ("rrl", "RRL"),
-                       ("rrl/crt", "RRL + cRT"), ("ce/icc", "LMD w/o RRL (CE + ICC)"),
-                       ("rrl/vfc", "LMD w/o ICC (RRL + VFC)"), ("rrl/icc_novfc", "LMD w/o VFC"),
-                       ("rrl/icc_nofdc", "LMD w/o FDC"), ("rrl/icc", "LMD (RRL + ICC)")):
-        a(f"        - {_flow({'run': run, 'label': label})}")
-    return "\n".join(L) + "\n"
+    title = (f"{name} ({protocol}" + (f", r = {_r_text(r)}" if r is not None and protocol != "random" else "")
+             + (", grouped" if split.section.get("grouped") else "")
+             + f"): {s['image_size']} px, {s['model']['arch']}, {s['epochs']} epochs")
+    rows = CommentedSeq(_flow({"run": run, "label": label}) for run, label in TABLE2_ROWS)
+    tables = CommentedMap(table2=CommentedMap(rows=rows))
+    _note(tables, "table2", "head / medium / tail / overall BACC, mean +- std", 4)
+    report = CommentedMap(title=title, lmd="rrl/icc", tables=tables)
+    _note(report, "lmd", "compared with every other row (paired bootstrap on BACC)", 2)
+    return report
+
+
+def render(info: DataLook, split: SplitChoice, name: str, scale: str, out_name: str) -> str:
+    """The experiment config as commented YAML text: built as ruamel.yaml mappings whose comments
+    are attached to the keys they explain, so the writer does the quoting and the layout."""
+    config = CommentedMap()
+    config["dataset"] = _dataset(info, name, scale)
+    config["split"] = _split(split)
+    config["seeds"] = _flow([0, 1, 2])
+    config["groups"] = _groups(info)
+    config["compute"] = _compute(scale)
+    config["stage1"] = _stage1(scale)
+    config["stage2"] = _stage2(scale)
+    config["report"] = _report(split, name, scale)
+    config.yaml_set_start_comment("\n".join(_header(info, name, scale, out_name)) + "\n\n")
+    _note(config, "groups", "head / medium / tail by training-count rank (thirds)", 0)
+    sections = {"stage1": ["Stage 1: every row has the same budget (epochs, batch, lr, weight "
+                           "decay, cosine schedule)."],
+                "stage2": ["Stage 2 on the frozen encoders (cRT, NCM) and LMD's ICC, which also "
+                           "fine-tunes the encoder.",
+                           "The ablations inherit ICC's params (`inherit: icc`) and change one "
+                           "thing each."]}
+    for key in list(config)[1:]:  # a blank line between sections
+        _above(config, key, [""] + sections.get(key, []), 0)
+    buf = io.StringIO()
+    _yaml().dump(config, buf)
+    return buf.getvalue()
 
 
 def init_experiment(data: str | os.PathLike, out: str | os.PathLike = "experiment.yaml",

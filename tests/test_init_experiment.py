@@ -260,3 +260,31 @@ def test_init_names_images_whose_header_cannot_be_read(tmp_path, caplog):
         (tree / "c" / f"zz_bad{i}.png").write_bytes(b"not an image")
     with pytest.raises(ValueError, match=r"4 of 214 image files cannot be opened.*more than 1%"):
         look(tree)
+
+
+def test_init_writes_valid_yaml_with_its_comments_for_an_awkward_path(tmp_path):
+    """A root YAML would misread unquoted (': ', ' #', quotes) is quoted by the writer; each
+    section keeps the comment that explains it; inline comments stand two spaces clear."""
+    counts = {"nevus": 100, "mel": 50, "bcc": 25, "df": 12}
+    tree = image_tree(tmp_path / "derm: #1 'x'", counts)
+    out = tmp_path / "exp.yaml"
+    cfg = init_experiment(tree, out, name="derm")
+    text = out.read_text()
+    assert yaml.safe_load(text)["dataset"]["root"] == str(tree) == cfg["dataset"]["root"]
+    lines = text.splitlines()
+
+    def line(start):
+        return next(ln for ln in lines if ln.startswith(start))
+
+    assert line("  source: imagefolder").endswith("  # one folder per class")
+    assert line("  image_size: 28").endswith("# every image resized once to this square in the image cache")
+    # the split's reason (why this protocol and ratio is feasible) sits above its keys
+    split_at = lines.index("split:")
+    assert lines[split_at + 1].startswith("  # lmd: the data is already long-tailed")
+    assert line("  sizes: [1, 2, 1]").endswith("# head nevus; tail df")
+    assert "# Stage 1: every row has the same budget" in text
+    assert line("    augment: {crop_padding: 2}").endswith("}  # flips: the method's own views")
+    assert line("  icc_nofdc:").endswith('# "LMD w/o FDC": lambda_e = 0')
+    for ln in lines:  # an inline comment: two spaces after the value
+        if " #" in ln and not ln.lstrip().startswith("#") and "'" not in ln:
+            assert "  # " in ln, ln
