@@ -59,7 +59,7 @@ except ConfigError as e:
 
 
 def get_final_output():
-    """Every target of the run (rule all): the report's tables, figures and pages, which pull
+    """Every target of the run (the Snakefile's `all`): the report's tables, figures and pages, which pull
     in every run they aggregate (lmdlt.report.targets.ReportTargets.final_outputs)."""
     return REPORT.final_outputs()
 
@@ -134,6 +134,43 @@ IMAGE_CACHE_DIR = (
     f"{config['results_dir']}/image_cache/{cache_dir_name(config['dataset'])}"
 )
 IMAGES = f"{IMAGE_CACHE_DIR}/images_{config['dataset']['image_size']}px.h5"
+
+
+# Params helpers shared by the rule files; snakemake --lint wants no function beside a rule.
+def split_params():
+    return {"dataset": as_json(source_params()), "split": as_json(config["split"])}
+
+
+# compute.stage1_processes = N > 1: torchrun starts N copies of the command, one GPU each (DDP +
+# SyncBatchNorm, lmdlt/stage1/distributed.py); --threads is per process, like cpus_per_gpu.
+STAGE1_PROCESSES = config["compute"]["stage1_processes"]
+STAGE1_LAUNCH = (
+    "lmdlt"
+    if STAGE1_PROCESSES == 1
+    else f"torchrun --standalone --nproc_per_node {STAGE1_PROCESSES} -m lmdlt.cli"
+)
+
+
+from lmdlt.tracking import TrackingParam
+
+
+def tracking_param(run):
+    """The config's tracking section, where to log and the run's name (a value Snakemake
+    does not record: switching tracking on re-runs nothing, lmdlt/tracking.py)."""
+    return TrackingParam(config["tracking"], ROOT, run)
+
+
+def stage1_params(s1):
+    params = {
+        "variant": as_json(config["stage1"][s1]),
+        "device": DEVICE,
+        "precision": config["compute"]["precision"],
+        "channels_last": config["compute"]["channels_last"],
+        "launch": STAGE1_LAUNCH,
+    }
+    if config["compute"]["augment_device"] != "auto":  # default configs keep their params
+        params["augment_device"] = config["compute"]["augment_device"]
+    return params
 
 
 # Data stamps: the data is a key of the image cache and the split (lmdlt/data/fingerprint.py).

@@ -5,7 +5,7 @@
 
 rule image_cache:
     input:
-        data=lambda w: data_stamp(IMAGE_CACHE_DIR + f"/images_{w.size}px.h5"),
+        data=lambda w: data_stamp(f"{IMAGE_CACHE_DIR}/images_{w.size}px.h5"),
     output:
         f"{IMAGE_CACHE_DIR}/images_{{size}}px.h5",
     log:
@@ -18,10 +18,6 @@ rule image_cache:
         dataset=as_json(source_params()),
     shell:
         "lmdlt cache --dataset {params.dataset:q} --size {wildcards.size} --out {output:q} > {log:q} 2>&1"
-
-
-def split_params():
-    return {"dataset": as_json(source_params()), "split": as_json(config["split"])}
 
 
 rule split:

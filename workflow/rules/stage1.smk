@@ -1,36 +1,5 @@
 # Stage 1: representation learning, one checkpoint per (seed, stage-1 variant).
 
-# compute.stage1_processes = N > 1: torchrun starts N copies of the command, one GPU each (DDP +
-# SyncBatchNorm, lmdlt/stage1/distributed.py); --threads is per process, like cpus_per_gpu.
-STAGE1_PROCESSES = config["compute"]["stage1_processes"]
-STAGE1_LAUNCH = (
-    "lmdlt"
-    if STAGE1_PROCESSES == 1
-    else f"torchrun --standalone --nproc_per_node {STAGE1_PROCESSES} -m lmdlt.cli"
-)
-
-
-from lmdlt.tracking import TrackingParam
-
-
-def tracking_param(run):
-    """The config's tracking section, where to log and the run's name (a value Snakemake
-    does not record: switching tracking on re-runs nothing, lmdlt/tracking.py)."""
-    return TrackingParam(config["tracking"], ROOT, run)
-
-
-def stage1_params(s1):
-    params = {
-        "variant": as_json(config["stage1"][s1]),
-        "device": DEVICE,
-        "precision": config["compute"]["precision"],
-        "channels_last": config["compute"]["channels_last"],
-        "launch": STAGE1_LAUNCH,
-    }
-    if config["compute"]["augment_device"] != "auto":  # default configs keep their params
-        params["augment_device"] = config["compute"]["augment_device"]
-    return params
-
 
 rule train_stage1:
     input:
