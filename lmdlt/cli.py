@@ -215,6 +215,13 @@ def cmd_validate_config(a):
 
     from .config import describe_expansions, load_config
 
+    if a.explain:  # every method param: value, default, meaning, source
+        from .method_params import explain
+
+        print("\n".join(explain(load_config(a.config, overlays=a.overlays) if a.config else None)))
+        return
+    if a.config is None:
+        raise ValueError("validate-config: name a config file (or --explain, alone, for every method)")
     grids: dict = {}
     config = load_config(a.config, overlays=a.overlays, expansions=grids)
     for line in describe_expansions(grids):  # YAML comments: the output stays valid YAML
@@ -587,7 +594,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("validate-config", cmd_validate_config,
             "validate a config file and print it with defaults filled and grids expanded")
-    s.add_argument("config", type=Path)
+    s.add_argument("config", type=Path, nargs="?")
+    s.add_argument("--explain", action="store_true",
+                   help="print every method param with its default, meaning and source (with a "
+                        "config: its variants' methods, with the values it gives)")
     s.add_argument("overlays", type=Path, nargs="*",
                    help="overlays merged over it in order, as by snakemake --configfile")
     _fill_help(p)

@@ -134,3 +134,40 @@ def test_the_schema_with_its_sources_validates_and_fills_the_defaults(stage, nam
     assert json.loads(json.dumps(schema)) == schema
     filled = validate_against({}, schema)
     assert filled == {k: v["default"] for k, v in cls.params.items()}
+
+
+def test_the_method_params_page_is_generated_from_the_schemas():
+    """docs/method-params.md is ``python -m lmdlt.method_params`` (regenerate it after a change)."""
+    from pathlib import Path
+
+    from lmdlt.method_params import markdown
+
+    page = Path(__file__).resolve().parent.parent / "docs" / "method-params.md"
+    assert page.read_text() == markdown(), (
+        "docs/method-params.md is stale: python -m lmdlt.method_params > docs/method-params.md")
+
+
+def test_validate_config_explain_prints_every_param_with_its_default_and_source(capsys):
+    from lmdlt.cli import main
+
+    assert main(["validate-config", "--explain"]) == 0
+    out = capsys.readouterr().out
+    for stage, name, param in PARAMS:
+        p = spec(stage, name, param)
+        block = out.split(f"stage{stage} method {name}\n", 1)[1].split("\nstage", 1)[0]
+        assert f"  {param}: {json.dumps(p['default'])}\n" in block, (name, param)
+        assert f"source: {p['source']}" in block, (name, param)
+
+
+def test_validate_config_explain_with_a_config_shows_its_values_beside_the_defaults(tmp_path, capsys):
+    from lmdlt.cli import main
+
+    cfg = tmp_path / "overlay.yaml"
+    cfg.write_text("stage2:\n  crt:\n    params: {lr: 0.05}\n")
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    assert main(["validate-config", "--explain", str(root / "config.yaml"), str(cfg)]) == 0
+    out = capsys.readouterr().out
+    crt = out.split("stage2.crt (method crt)\n", 1)[1].split("\nstage", 1)[0]
+    assert "  lr: 0.05  (default 0.1)\n" in crt
+    assert "source: " + spec(2, "crt", "lr")["source"] in crt
+    assert "  momentum: 0.9\n" in crt  # a value equal to its default: no "(default ...)"
