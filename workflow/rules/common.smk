@@ -168,7 +168,9 @@ def stage1_params(s1):
         "channels_last": config["compute"]["channels_last"],
         "launch": STAGE1_LAUNCH,
     }
-    if config["compute"]["augment_device"] != "auto":  # default configs keep their params
+    if (
+        config["compute"]["augment_device"] != "auto"
+    ):  # default configs keep their params
         params["augment_device"] = config["compute"]["augment_device"]
     return params
 
@@ -185,7 +187,8 @@ _DATA = {}
 def data_fingerprint():
     """(stamp text, index) of the configured data, taken once. An index that cannot be read
     gives a stamp naming the error (its jobs are then scheduled): a dry-run shows it as a
-    warning (dry-runs work on stub data roots), a run stops on it in onstart, before any job."""
+    warning (dry-runs work on stub data roots), a run stops on it in onstart, before any job.
+    """
     if "text" not in _DATA:
         from lmdlt.data.fingerprint import compute_fingerprint, mode_of
         from lmdlt.data.sources import source_from_config
@@ -218,9 +221,12 @@ def data_stamp(output):
         return stamp_path(output, "data")
     text = data_fingerprint()[0]
     if "error" in _DATA and os.path.exists(stamp_path(output, "data")):
-        return stamp_path(output, "data")  # kept: the run stops in onstart, nothing re-runs later
-    return write_stamp(output, text, "data", dryrun=workflow.dryrun,
-                       adopt=_records_this_fingerprint)
+        return stamp_path(
+            output, "data"
+        )  # kept: the run stops in onstart, nothing re-runs later
+    return write_stamp(
+        output, text, "data", dryrun=workflow.dryrun, adopt=_records_this_fingerprint
+    )
 
 
 # Data checks before expensive work: when jobs are about to run (onstart: not in a dry-run,
@@ -310,7 +316,10 @@ onstart:
     check_data_before_jobs()
     if workflow.local_exec:
         if limit_gpu_jobs(workflow, LOCAL_GPUS):
-            print(f"lmdlt: local run: at most {LOCAL_GPUS} GPU job(s) at once", file=sys.stderr)
+            print(
+                f"lmdlt: local run: at most {LOCAL_GPUS} GPU job(s) at once",
+                file=sys.stderr,
+            )
         JOB_SERVER.start(JOB_SERVER_LOG)
         if drop_local_rate_limiter(workflow):  # why: lmdlt/job_server.py
             print(
