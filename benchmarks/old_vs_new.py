@@ -1,4 +1,5 @@
-"""Per-job overhead, old main versus new (the job server and scoring in the producers): the default run from a fresh directory
+"""Per-job overhead of one commit against another (``--old`` / ``--new``; written to measure the job server and scoring in
+the producers): the default run from a fresh directory
 (wall time, job count), adding one feature-only stage-2 variant to the finished run (wall time
 from `snakemake` start until its row is in the results table), and the default's dry-run time.
 

@@ -3,7 +3,8 @@
 A learning rate far too large does not always produce NaN: with BatchNorm or a bounded loss the
 weights can run off while every loss stays finite (stage 1 at lr 100 on digits: mean loss 2.1
 at the first step, 3.3e5 after epoch 1, 1.3e8 after epoch 2; cRT at lr 1e6: 1.4, then 6.6e9).
-Such a run used to finish, keep an epoch and hand chance-level predictions to the next stage.
+Unguarded, such a run finishes, keeps an epoch and hands chance-level predictions to the next
+stage.
 
 **The rule.** After every epoch a loop checks its mean loss (the sample-weighted mean over the
 epoch's steps). Training stops with ``DivergenceError`` when the mean is

@@ -11,7 +11,7 @@ its stdin / stdout / stderr (the job's log file) over the socket, the server for
 runs the command exactly as the CLI would and sends back the exit status. The rule, its log and
 its outputs are the same as with a plain process (tested: ``tests/test_job_server.py``).
 
-When the server is not used, the command runs in its own process as before:
+When the server is not used, the command runs in its own process:
 
 * no ``LMDLT_JOB_SERVER`` (a hand-run ``lmdlt``, the tests' in-process calls);
 * ``LMDLT_NO_JOB_SERVER=1`` (opt out; the workflow then starts no server);

@@ -22,7 +22,8 @@ channels takes the pretrained RGB weights summed (grey) or repeated (timm's
 ``stem`` (ResNets only, torchvision's and timm's): ``imagenet`` keeps the 7x7 stride-2
 convolution and the max-pool; ``cifar`` replaces them by a 3x3 stride-1 convolution and no
 pooling, for small images. Absent: ``imagenet`` with pretrained weights (the weights' own stem),
-``cifar`` without (the earlier default). ``small_resnet`` is CIFAR-style by construction.
+``cifar`` without (training from scratch on small images, which the ImageNet stem would
+shrink fourfold before the first block). ``small_resnet`` is CIFAR-style by construction.
 
 Each encoder carries a plain attribute ``lmdlt_spec`` (:class:`EncoderSpec`, not part of the
 state dict) saying where its spatial feature map is (:func:`register_feature_map_hook`, used by

@@ -11,8 +11,9 @@ classifier's weight matrix, relative to its row norms when the thresholds are se
 ``min + thresh * (max - min)`` (l.16-28; the bias is never projected, threshold inf l.22-24),
 and rows with a norm above it scaled back onto it (l.30-50), once after every training epoch
 (``utils/trainval.py:140-142``). Here the thresholds are set from the initial weights at the
-start of training. ``max_norm`` (an absolute radius, projected after every step) is the
-earlier behaviour of this module, kept as a named option.
+start of training. ``max_norm`` (an absolute radius, projected after every step) is an option
+of ours, off by default: a radius that does not depend on the initial weights, for comparing
+runs whose initial row norms differ.
 
 The second half of "CB+WD+Max" (class-balanced loss + weight decay + MaxNorm re-training of the
 classifier on the frozen encoder) is the stage-2 method ``cb_wd_max`` on the cached features."""

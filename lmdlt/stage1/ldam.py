@@ -22,8 +22,9 @@ per-epoch granularity this is the reference exactly), then 1, x0.01 from the DRW
 floor(drw_start E) (0-based; = floor(0.8 E) = the reference's 160 of 200; floor(0.8 E) when
 DRW is off, e.g. LDAM-RS, whose reference run uses the same schedule) and x0.0001 from
 floor(0.9 E) (180 of 200). ``lr_schedule: trainer`` keeps the variant's schedule (the shared
-cosine), the earlier behaviour. Checkpoint selection: ``select: best_val`` only keeps epochs
-from the DRW epoch on (``selectable``), since a pre-DRW epoch is plain LDAM / CE, not the method.
+cosine), to compare LDAM with the other rows on one schedule. Checkpoint selection:
+``select: best_val`` only keeps epochs from the DRW epoch on (``selectable``), since a pre-DRW
+epoch is plain LDAM / CE, not the method.
 Departures: the warm-up is stepped per optimiser step (within the first 2.5 % of the run, which
 on a short run is a fraction of an epoch), not per epoch; the reference keeps the best *test*
 epoch (``best_acc1``), we the best validation epoch from the DRW epoch on.

@@ -55,8 +55,8 @@ peterlipan/LMD ``utils/train.py``, ``data/transforms.py``, ``config/*.yaml``):
   statistics in the forward pass, running statistics untouched), so they come from x_w only;
   ``recalibrate``: after every epoch, before validation, the running statistics are
   re-estimated on the clean training images (``torch.optim.swa_utils.update_bn``, no weight
-  change); ``all``: every train-mode pass updates them (the earlier behaviour). Measured side by
-  side in docs/lmd.md.
+  change); ``all``: every train-mode pass updates them (a plain train-mode network). Measured
+  side by side in docs/lmd.md.
 
 Augmentations (on uint8 CHW, torchvision v2), reference ``data/transforms.py``:
 

@@ -10,7 +10,7 @@ view). ``train["logits"]`` is then the same values in a table of the runner's th
 the drawn views (and restores afterwards): a method that looks up a teacher's logits by image
 index (``kd_rebalance``: ``torch.as_tensor(train["logits"])[idx]`` shares that memory) so
 distils from the teacher's output on the same augmented view, as in the reference. With no
-views (N = 0, a plain array) nothing changes: the clean features, bit-identical to before.
+views (N = 0, a plain array) nothing is overwritten: the epoch trains on the clean features.
 Methods that do not train through ``train_linear`` (NCM, tau-norm, logit adjustment, ...)
 see the clean features.
 """
