@@ -440,3 +440,17 @@ def test_training_with_batched_augmentation(tmp_path):
     with pytest.raises(ValueError, match="augment_device: gpu, but the training transform"):
         train_stage1(d / "split.parquet", d / "images.h5", bad, 0, tmp_path / "bad.pt", threads=1,
                      device="cpu", augment_device="gpu")
+
+
+def test_channel_statistics_in_chunks_equal_the_whole_set_at_once():
+    """No float copy of the whole training set: chunks of images, float64 sums, the same
+    statistics as the one-shot float computation (and NumPy's float64 ones)."""
+    from lmdlt.data.transforms import channel_stats
+
+    images = np.random.default_rng(0).integers(0, 256, (1000, 6, 5, 3), dtype=np.uint8)
+    flat = images.reshape(-1, 3).astype(np.float64) / 255
+    for chunk in (7, 1000, 4096):
+        mean, std = channel_stats(images, chunk=chunk)
+        np.testing.assert_allclose(mean, flat.mean(0), rtol=1e-12)
+        np.testing.assert_allclose(std, flat.std(0, ddof=1), rtol=1e-9)
+    assert channel_stats(np.zeros((3, 4, 4, 1), np.uint8)) == ([0.0], [0.001])

@@ -38,9 +38,21 @@ def train_transform(augment: dict, size: int) -> Callable[[torch.Tensor], Any]:
     return Identity()
 
 
-def channel_stats(images_nhwc) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 NHWC images, on the [0, 1] scale."""
-    x = torch.as_tensor(images_nhwc).float().div_(255.0)
-    flat = x.reshape(-1, x.shape[-1])
-    std = flat.std(dim=0).clamp_min(1e-3)
-    return flat.mean(dim=0).tolist(), std.tolist()
+def channel_stats(images_nhwc, chunk: int = 1024) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (unbiased) of uint8 NHWC images, on the [0, 1] scale; the std at
+    least 1e-3. Accumulated in float64 over ``chunk`` images at a time: no float copy of the
+    whole set (20,000 RGB images at 224 px: 12 GB in float32)."""
+    x = torch.as_tensor(images_nhwc)
+    c = x.shape[-1]
+    total = torch.zeros(c, dtype=torch.float64)
+    squares = torch.zeros(c, dtype=torch.float64)
+    n = 0
+    for start in range(0, len(x), chunk):
+        part = x[start:start + chunk].reshape(-1, c).double()
+        total += part.sum(0)
+        squares += (part * part).sum(0)
+        n += part.shape[0]
+    mean = total / n
+    var = (squares - n * mean * mean) / max(n - 1, 1)
+    std = (var.clamp_min(0).sqrt() / 255.0).clamp_min(1e-3)
+    return (mean / 255.0).tolist(), std.tolist()
