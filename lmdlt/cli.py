@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         s.add_argument("--device", default="auto", help="auto (CUDA if visible), cpu, cuda, cuda:N")
         s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                       help="auto: bf16 autocast on CUDA, fp32 on CPU")
+                       help="auto: bf16 autocast on a CUDA GPU with native bf16 (8.0+), fp32 elsewhere")
         s.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
                        help="channels-last memory format (auto: on CUDA)")
 
