@@ -410,7 +410,10 @@ def resolve_augment_device(setting: str, device: torch.device, transform) -> Bat
     run: batched on the CPU), an error where the transform has no batched form."""
     if setting not in AUGMENT_DEVICES:
         raise ValueError(f"compute.augment_device: {setting!r} is not one of {', '.join(AUGMENT_DEVICES)}")
-    if setting == "cpu":
+    # auto off CUDA: decided without building the batched form (which imports torchvision)
+    from .transforms import Identity
+
+    if setting == "cpu" or (setting == "auto" and torch.device(device).type != "cuda") or isinstance(transform, Identity):
         return None
     aug = batched(transform)
     if aug is not None and isinstance(aug.op, BatchIdentity):
@@ -418,6 +421,4 @@ def resolve_augment_device(setting: str, device: torch.device, transform) -> Bat
     if setting == "gpu" and aug is None:
         raise ValueError(f"compute.augment_device: gpu, but the training transform {transform!r} has a step "
                          "without a batched form (e.g. RRL's distortion_p > 0); use auto or cpu")
-    if setting == "auto" and torch.device(device).type != "cuda":
-        return None
     return aug
