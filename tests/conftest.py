@@ -1,4 +1,6 @@
-"""Shared test helpers: running Snakemake on a config in a temporary directory."""
+"""Shared test helpers: running Snakemake on a config in a temporary directory, the small test
+configs (tests/configs/*.yaml), the tiny digits benchmark and experiment, image trees, and the
+time each test file took (printed at the end of a run)."""
 from __future__ import annotations
 
 import os
@@ -6,13 +8,85 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("LMDLT_DATA", REPO.parent / "shared" / "data"))
+#: small experiment configs the tests share (like a workflow's .test/ configs)
+CONFIGS = Path(__file__).resolve().parent / "configs"
+#: files the tests read as they are (e.g. a config with a YAML syntax error)
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def load_test_config(name: str) -> dict:
+    """``tests/configs/<name>.yaml``, a fresh copy on every call (change it freely)."""
+    return yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+
+
+@pytest.fixture(scope="session")
+def small_config():
+    """The loader of the small test configs: ``small_config("digits")`` (:func:`load_test_config`)."""
+    return load_test_config
+
+
+def image_tree(root: Path, counts: dict[str, int], bad: str | None = None) -> Path:
+    """An ImageFolder tree of 8 x 8 PNGs, ``counts`` images per class; ``bad``: a class whose
+    first image is a corrupt file."""
+    from PIL import Image
+
+    rng = np.random.default_rng(42)
+    for cls, n in counts.items():
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / cls / f"{i:03d}.png")
+    if bad is not None:
+        (root / bad / "000.png").write_bytes(b"not a png")
+    return root
+
+
+def folder_config(root: Path, results_dir: str = "results", **split) -> dict:
+    """tests/configs/folder.yaml on the image tree ``root``."""
+    config = load_test_config("folder")
+    config["results_dir"] = results_dir
+    config["dataset"]["root"] = str(root)
+    config["split"].update(split)
+    return config
+
+
+def truncate(path: Path) -> Path:
+    """Keep the first half of a file's bytes (an interrupted copy or a full disk)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+# --- the time each test file took, all phases (fixtures included), printed after --durations
+_FILE_SECONDS: dict[str, float] = defaultdict(float)
+#: files listed at the end of a run, slowest first
+FILE_DURATIONS_SHOWN = 20
+
+
+def pytest_runtest_logreport(report):
+    _FILE_SECONDS[report.nodeid.split("::", 1)[0]] += report.duration
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter):
+    if not _FILE_SECONDS:
+        return
+    ranked = sorted(_FILE_SECONDS.items(), key=lambda kv: -kv[1])
+    terminalreporter.write_sep("=", f"slowest {min(len(ranked), FILE_DURATIONS_SHOWN)} test files "
+                                    "(setup + call + teardown)")
+    for path, seconds in ranked[:FILE_DURATIONS_SHOWN]:
+        terminalreporter.write_line(f"{seconds:8.2f}s {path}")
+    rest = ranked[FILE_DURATIONS_SHOWN:]
+    if rest:
+        terminalreporter.write_line(f"{sum(s for _, s in rest):8.2f}s {len(rest)} other files")
 
 
 def snakemake_bin() -> str:
@@ -85,21 +159,19 @@ def build_digits_split(d: Path, split_cfg: dict | None = None) -> Path:
     return d
 
 
-TINY_EXPERIMENT = {
-    "dataset": {"name": "tiny", "source": "digits", "image_size": 8},
-    "split": {"protocol": "cui", "imbalance_ratio": 50, "val_per_class": 15, "test_per_class": 30},
-    "seeds": [0, 1],
-    "groups": {"rule": "rank", "sizes": [3, 4, 3]},
-    "tracking": {"mlflow": True, "tensorboard": True},
-    "stage1": {"ce": {"method": "ce", "label": "CE", "epochs": 3, "batch_size": 64}},
-    "stage2": {
-        "crt": {"method": "crt", "label": "cRT", "params": {"epochs": 2, "batch_size": 64}},
-        "icc": {"method": "icc", "label": "ICC",
-                "params": {"iterations": 2, "virtual_per_class": 20, "m_epochs": 1,
-                           "m_batch_size": 64, "e_batch_size": 64, "m_lr": 0.05, "e_lr": 0.001}},
-    },
-    "report": {"tables": {"table1": {"rows": [{"run": "ce/icc", "label": "LMD w/o RRL"}]}}},
-}
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> Path:
+    """The tiny digits benchmark of :func:`build_digits_split` (``images.h5``, ``split.parquet``),
+    built once per session: read it, write elsewhere."""
+    return build_digits_split(tmp_path_factory.mktemp("digits"))
+
+
+def link_digits(digits: Path, d: Path) -> Path:
+    """``d`` with the ``digits`` fixture's ``images.h5`` and ``split.parquet`` linked into it: a
+    folder of the test's own, to write its outputs beside them."""
+    for name in ("images.h5", "split.parquet"):
+        (d / name).symlink_to(digits / name)
+    return d
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +188,7 @@ def tiny_experiment(tmp_path_factory) -> Path:
     from lmdlt.tracking import TrackingParam
 
     results = tmp_path_factory.mktemp("tiny") / "results"
-    config = validate_config(json.loads(json.dumps(TINY_EXPERIMENT)))
+    config = validate_config(load_test_config("tiny-experiment"))
     root = results / "tiny"
     ds, j = config["dataset"], json.dumps
     images = results / "image_cache" / cache_dir_name(ds) / "images_8px.h5"
@@ -147,3 +219,61 @@ def tiny_experiment(tmp_path_factory) -> Path:
     (root / "report").mkdir()
     (root / "report" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return root
+
+
+#: the split of the ``stage1`` fixture
+STAGE1_SPLIT = {"protocol": "cui", "imbalance_ratio": 10, "val_per_class": 15, "test_per_class": 30,
+                "n_cap": None, "class_order": "count"}
+
+
+@pytest.fixture(scope="session")
+def stage1(tmp_path_factory):
+    """Digits at 8 px: image cache, split manifest (STAGE1_SPLIT, seed 0) and a one-epoch CE
+    checkpoint, each recording the dataset in its provenance; built once per session: read it,
+    write elsewhere."""
+    from lmdlt.config import validate_variant
+    from lmdlt.data.image_cache import build_image_cache
+    from lmdlt.data.sources import get_source
+    from lmdlt.data.splits import build_split, write_manifest
+    from lmdlt.io import provenance
+    from lmdlt.stage1.trainer import train_stage1
+
+    d = tmp_path_factory.mktemp("stage1")
+    src = get_source("digits")
+    build_image_cache(src, 8, d / "images.h5",
+                      provenance("image_cache", {"source": "digits", "root": None, "options": {},
+                                                 "image_size": 8}))
+    index = src.index()
+    write_manifest(d / "split.parquet", build_split(index, STAGE1_SPLIT, 0), index.class_names,
+                   provenance("split", {"dataset": {"source": "digits", "root": None, "options": {}},
+                                        "split": STAGE1_SPLIT}, seed=0))
+    cfg = validate_variant("stage1", {"method": "ce", "epochs": 1, "batch_size": 64})
+    train_stage1(d / "split.parquet", d / "images.h5", cfg, 0, d / "model.pt", threads=1, device="cpu")
+    return d
+
+
+#: views of the training split in the ``chain`` fixture's features files
+N_VIEWS = 3
+
+
+@pytest.fixture(scope="session")
+def chain(digits, tmp_path_factory):
+    """Stage 2 on augmented views (``features.train_views``): a 1-epoch digits CE checkpoint
+    (padded crop + horizontal flip) and one without augmentation, beside the ``digits`` split
+    and cache, and features files with 0 and N_VIEWS views (the latter twice); built once per
+    session: read it, write elsewhere."""
+    from lmdlt.config import validate_variant
+    from lmdlt.features import extract_features
+    from lmdlt.stage1.trainer import train_stage1
+
+    d = link_digits(digits, tmp_path_factory.mktemp("views"))
+    cfg = validate_variant("stage1", {"method": "ce", "epochs": 1, "batch_size": 32, "lr": 0.05,
+                                      "augment": {"crop_padding": 1, "hflip": True}})
+    train_stage1(d / "split.parquet", d / "images.h5", cfg, 0, d / "model.pt", threads=1, device="cpu")
+    plain = validate_variant("stage1", {"method": "ce", "epochs": 1, "batch_size": 32, "lr": 0.05})
+    train_stage1(d / "split.parquet", d / "images.h5", plain, 0, d / "plain.pt", threads=1, device="cpu")
+    for name, n, ckpt in (("f0.h5", 0, "model.pt"), ("f3.h5", N_VIEWS, "model.pt"),
+                          ("f3b.h5", N_VIEWS, "model.pt"), ("plain3.h5", N_VIEWS, "plain.pt")):
+        extract_features(d / ckpt, d / "split.parquet", d / "images.h5", d / name, threads=1,
+                         device="cpu", train_views=n)
+    return d

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import build_digits_split
+from conftest import link_digits
 from lmdlt.stage1 import get_method
 from lmdlt.stage1.base import SharpnessStep, Stage1Method
 from lmdlt.stage1.cc_sam import class_radius_perturbation
@@ -172,8 +172,8 @@ def test_only_cc_sam_two_pass_asks_for_the_hook():
     assert step is not None and step.first_pass_weight == pytest.approx(0.7)
 
 
-def _digits(tmp_path):
-    build_digits_split(tmp_path)
+def _digits(digits, tmp_path):
+    link_digits(digits, tmp_path)
 
 
 def _train(tmp_path, name, method, params, epochs=2):
@@ -188,14 +188,14 @@ def _train(tmp_path, name, method, params, epochs=2):
 
 
 @pytest.mark.parametrize("step", ["reference", "two_pass"])
-def test_cc_sam_trains_and_saves_on_digits(tmp_path, monkeypatch, step):
+def test_cc_sam_trains_and_saves_on_digits(digits, tmp_path, monkeypatch, step):
     """Also kills: the trainer ignoring the method's sharpness step (two_pass runs it every step)."""
     import lmdlt.stage1.trainer as trainer
 
     calls = []
     real = trainer._sharpness_pass
     monkeypatch.setattr(trainer, "_sharpness_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
-    _digits(tmp_path)
+    _digits(digits, tmp_path)
     meta, state = _train(tmp_path, "model.pt", "cc_sam", {"step": step})
     assert (len(calls) > 0) == (step == "two_pass")
     assert (tmp_path / "model.pt").exists() and meta["selected_epoch"] >= 1
@@ -204,12 +204,12 @@ def test_cc_sam_trains_and_saves_on_digits(tmp_path, monkeypatch, step):
     assert all(torch.isfinite(v.float()).all() for v in state.values())
 
 
-def test_single_pass_is_unchanged_for_other_methods(tmp_path, monkeypatch):
+def test_single_pass_is_unchanged_for_other_methods(digits, tmp_path, monkeypatch):
     """A CE run's weights are bit-identical to the loop without the hook: the same run with the
     two-pass helper made to fail proves it is never entered, and two runs agree exactly."""
     import lmdlt.stage1.trainer as trainer
 
-    _digits(tmp_path)
+    _digits(digits, tmp_path)
     _, a = _train(tmp_path, "a.pt", "ce", {}, epochs=1)
     monkeypatch.setattr(trainer, "_sharpness_pass", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
     _, b = _train(tmp_path, "b.pt", "ce", {}, epochs=1)

@@ -1,10 +1,14 @@
 import copy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import FIXTURES, REPO
 from lmdlt.config import ConfigError, load_config, pairs, row_label, validate_config, validate_variant
-from conftest import REPO
 
 
 @pytest.fixture
@@ -98,3 +102,12 @@ def test_load_config_errors(tmp_path):
     unsafe.write_text("dataset: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(unsafe)
+
+
+def test_lmdlt_validate_config_names_file_line_and_column(tmp_path):
+    """The documented way to locate a syntax error that Snakemake reports without a position."""
+    shutil.copy(FIXTURES / "bad-syntax.yaml", tmp_path / "bad.yaml")
+    proc = subprocess.run([str(Path(sys.executable).with_name("lmdlt")), "validate-config",
+                           str(tmp_path / "bad.yaml")], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "bad.yaml" in proc.stderr and "line 2, column 7" in proc.stderr, proc.stderr

@@ -11,13 +11,12 @@ import re
 import pytest
 import torch
 
-from conftest import build_digits_split
 from lmdlt.cli import main
 from lmdlt.config import validate_variant
 from lmdlt.divergence import FLOOR, GROWTH, DivergenceError, DivergenceGuard, limit, run_context
 from lmdlt.resume import ResumeState, resume_path
 from lmdlt.stage2.runner import run_stage2, run_stage2_encoder
-from test_resume_stage2 import ICC, stage1, write_features  # noqa: F401 - stage1 is a fixture
+from test_resume_stage2 import ICC, write_features
 
 
 # ---- the rule, with hand-computed limits --------------------------------------------------
@@ -107,11 +106,6 @@ def test_stage2_crt_at_lr_1e6_stops_with_one_line_and_writes_nothing(tmp_path, c
                     r"loss \([0-9.]+\) and 100; lower the learning rate$", line), line
     assert not out.exists() and not metrics.exists() and not resume_path(out).exists()
     assert not list(out.parent.glob(".*tmp-*"))
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    return build_digits_split(tmp_path_factory.mktemp("digits"))
 
 
 @pytest.mark.parametrize("lr,message", [

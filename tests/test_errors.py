@@ -17,7 +17,6 @@ from collections import namedtuple
 import pytest
 import torch
 
-from conftest import build_digits_split
 from lmdlt.cli import main
 from lmdlt.errors import NotFoundError, SetupError, UserError, WriteError
 from lmdlt.io import atomic_path, write_json
@@ -37,11 +36,6 @@ def _temporaries(folder):
 
 
 # ---- the table row: a full disk during stage 1, through the command ------------------------
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    return build_digits_split(tmp_path_factory.mktemp("digits"))
-
 
 def test_a_full_disk_during_stage1_is_one_line_naming_the_file(digits, tmp_path, monkeypatch, capsys):
     """What torch.save raises when the disk fills mid-write is ``RuntimeError: [enforce fail at

@@ -1,6 +1,24 @@
+"""lmdlt.io: atomic writes (nothing half-written, the old file kept until success, a killed
+writer's temporary removed; a stage killed mid-write leaves no file and its re-run is correct),
+JSON and provenance records, and truncated artefacts named with the fix."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
 import pytest
 
-from lmdlt.io import atomic_path, provenance, read_json, sha256_json, write_json
+from conftest import truncate
+from lmdlt.config import validate_variant
+from lmdlt.data.image_cache import build_image_cache
+from lmdlt.data.sources import get_source
+from lmdlt.data.splits import build_split, write_manifest
+from lmdlt.features import FeatureSet, extract_features
+from lmdlt.io import ArtefactError, atomic_path, open_h5, provenance, read_json, sha256_json, write_json
+from lmdlt.models.checkpoint import CheckpointError, load_checkpoint
+from lmdlt.stage1.trainer import train_stage1
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -47,3 +65,86 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
         tmp.write_bytes(b"complete")
     assert not stale.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]
+
+
+def test_truncated_h5_and_json_and_checkpoint_name_the_file(tmp_path):
+    """The same without a pipeline run: every reader of each artefact kind."""
+    import h5py
+    import torch
+
+    from lmdlt.features import FeatureSet
+    from lmdlt.metrics import evaluate_file
+    from lmdlt.report.stats import read_test_predictions
+
+    h5 = tmp_path / "predictions.h5"
+    with h5py.File(h5, "w") as f:
+        f.attrs["provenance"] = "{}"
+        f.create_dataset("test/logits", data=np.random.default_rng(0).random((2000, 10)))
+    truncate(h5)
+    for read in (FeatureSet, read_test_predictions,
+                 lambda p: evaluate_file(p, {"rule": "rank", "sizes": [3, 4, 3]}, tmp_path / "m.json")):
+        with pytest.raises(ArtefactError, match=r"'.*predictions\.h5' is truncated or corrupt.*"
+                           r"rule train_stage2.*snakemake --forcerun .*predictions\.h5"):
+            read(h5)
+    assert not (tmp_path / "m.json").exists()
+    with pytest.raises(FileNotFoundError):
+        with open_h5(tmp_path / "absent.h5"):
+            pass
+
+    js = tmp_path / "metrics.json"
+    js.write_text('{"metrics": {"bacc": 0.5, "per_cl')
+    with pytest.raises(ArtefactError, match=r"'.*metrics\.json' is truncated or corrupt.*rule extract_features, train_stage2 or train_stage2_encoder"):
+        read_json(js)
+
+    ckpt = tmp_path / "model.pt"
+    torch.save({"state_dict": {"w": torch.zeros(5000)}, "meta": {}}, ckpt)
+    truncate(ckpt)
+    with pytest.raises(CheckpointError, match=r"'.*model\.pt' is not a readable torch file, truncated or "
+                       r"corrupt.*rule train_stage1.*--forcerun .*model\.pt"):
+        load_checkpoint(ckpt)
+
+
+KILL_SPLIT = {"protocol": "cui", "imbalance_ratio": 10, "val_per_class": 15, "test_per_class": 30,
+         "n_cap": None, "class_order": "count"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("kill")
+    src = get_source("digits")
+    # 32 px so that extraction takes long enough to be caught mid-write
+    build_image_cache(src, 32, d / "images.h5", provenance("image_cache", {"size": 32}))
+    index = src.index()
+    write_manifest(d / "split.parquet", build_split(index, KILL_SPLIT, 0), index.class_names,
+                   provenance("split", KILL_SPLIT, seed=0))
+    cfg = validate_variant("stage1", {"method": "ce", "epochs": 1, "batch_size": 128})
+    train_stage1(d / "split.parquet", d / "images.h5", cfg, 0, d / "model.pt", threads=1, device="cpu")
+    return d
+
+
+def test_feature_extraction_killed_mid_write(trained, tmp_path):
+    out = tmp_path / "features.h5"
+    cmd = [sys.executable, "-m", "lmdlt.cli", "extract", "--checkpoint", str(trained / "model.pt"),
+           "--split", str(trained / "split.parquet"), "--images", str(trained / "images.h5"),
+           "--threads", "1", "--device", "cpu", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tmp = tmp_path / f".features.h5.tmp-{proc.pid}"
+    deadline = time.time() + 120
+    while not tmp.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    assert tmp.exists(), "extraction finished before it could be killed mid-write"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()  # nothing that looks complete
+    # the re-run produces a correct file and sweeps the killed writer's temporary away
+    extract_features(trained / "model.pt", trained / "split.parquet", trained / "images.h5", out,
+                     threads=1, device="cpu")
+    assert not tmp.exists()
+    ref = tmp_path / "reference.h5"
+    extract_features(trained / "model.pt", trained / "split.parquet", trained / "images.h5", ref,
+                     threads=1, device="cpu")
+    a, b = FeatureSet(out), FeatureSet(ref)
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(a[split]["features"], b[split]["features"])
+        assert list(a[split]["ids"]) == list(b[split]["ids"])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_snakemake, write_config
+from conftest import REPO, load_test_config, run_snakemake, write_config
 from lmdlt import cli, job_server
 from lmdlt.io import read_json
 
@@ -223,15 +223,9 @@ def test_the_workflow_server_starts_serves_and_stops(tmp_path, monkeypatch):
     assert job_server.ENV_SOCKET not in os.environ and not os.path.exists(path)
 
 
-TINY = {
-    "dataset": {"name": "digits-lt", "source": "digits", "image_size": 8},
-    "split": {"protocol": "cui", "imbalance_ratio": 20, "val_per_class": 10, "test_per_class": 20},
-    "seeds": [0],
-    "compute": {"threads": 1},
-    "stage1": {"ce": {"method": "ce", "label": "CE", "epochs": 2, "batch_size": 64}},
-    "stage2": {"crt": {"method": "crt", "label": "cRT", "params": {"epochs": 2}},
-               "ncm": {"method": "ncm", "label": "NCM"}},
-}
+#: tests/configs/digits.yaml with a second stage-2 row: three metric files to compare
+TINY = load_test_config("digits")
+TINY["stage2"]["ncm"] = {"method": "ncm", "label": "NCM"}
 
 
 def metric_values(work: Path) -> dict:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import link_digits
 from lmdlt.models import build_network
 from lmdlt.stage1 import get_method as get_stage1
 from lmdlt.stage1.rrl import (GridDropout, channel_loss, ema_update_, prob_loss, sample_loss)
@@ -276,26 +277,15 @@ def test_icc_runs_and_reinitialises_or_keeps_classifier(monkeypatch):
 
 # --- the encoder path: lmdlt train-stage2-encoder writes the runner's predictions layout ------
 
-SPLIT_CFG = {"protocol": "cui", "imbalance_ratio": 50, "val_per_class": 15, "test_per_class": 30,
-             "n_cap": None, "class_order": "count"}
 
 
 @pytest.fixture(scope="module")
-def digits_chain(tmp_path_factory):
+def digits_chain(digits, tmp_path_factory):
     from lmdlt.config import validate_variant
-    from lmdlt.data.image_cache import build_image_cache
-    from lmdlt.data.sources import get_source
-    from lmdlt.data.splits import build_split, write_manifest
     from lmdlt.features import extract_features
-    from lmdlt.io import provenance
     from lmdlt.stage1.trainer import train_stage1
 
-    d = tmp_path_factory.mktemp("lmd")
-    src = get_source("digits")
-    build_image_cache(src, 8, d / "images.h5", provenance("image_cache", {"size": 8}))
-    index = src.index()
-    write_manifest(d / "split.parquet", build_split(index, SPLIT_CFG, 0), index.class_names,
-                   provenance("split", SPLIT_CFG, seed=0))
+    d = link_digits(digits, tmp_path_factory.mktemp("lmd"))
     cfg = validate_variant("stage1", {"method": "rrl", "epochs": 2, "batch_size": 32, "lr": 0.05,
                                       "params": {"consistency_start_epoch": 1, "flip": False}})
     train_stage1(d / "split.parquet", d / "images.h5", cfg, 0, d / "model.pt", threads=1, device="cpu")

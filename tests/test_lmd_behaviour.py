@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import build_digits_split
+from conftest import link_digits
 from lmdlt.config import validate_against
 from lmdlt.models import build_network
 from lmdlt.stage1 import get_method as get_stage1
@@ -258,7 +258,7 @@ def test_reflect_border_leaves_no_black_corners():
     assert int(ShiftScaleRotate(45, 0.0, 0.0, "constant")(torch.full((1, 16, 16), 200, dtype=torch.uint8)).min()) < 50
 
 
-def test_best_val_never_keeps_a_warm_up_epoch(tmp_path, monkeypatch):
+def test_best_val_never_keeps_a_warm_up_epoch(digits, tmp_path, monkeypatch):
     """Kills: best_val over every epoch. Validation BACC is forced to fall epoch by epoch, so an
     unrestricted best_val would keep epoch 1 (a plain CE model)."""
     import sklearn.metrics
@@ -266,7 +266,7 @@ def test_best_val_never_keeps_a_warm_up_epoch(tmp_path, monkeypatch):
     from lmdlt.config import validate_variant
     from lmdlt.stage1.trainer import train_stage1
 
-    build_digits_split(tmp_path)
+    link_digits(digits, tmp_path)
     scores = iter([0.9, 0.8, 0.5, 0.4])
     monkeypatch.setattr(sklearn.metrics, "balanced_accuracy_score", lambda *a, **k: next(scores))
     cfg = validate_variant("stage1", {"method": "rrl", "epochs": 4, "batch_size": 64, "lr": 0.05,

@@ -2,6 +2,7 @@ import pytest
 
 from lmdlt.data.longtail import cui_train_counts, lmd_keep_counts
 
+
 # ISIC 2019 training class counts without UNK, sorted descending: NV MEL BCC BKL AK SCC VASC DF
 ISIC2019 = [12875, 4522, 3323, 2624, 867, 628, 253, 239]
 
@@ -53,3 +54,13 @@ def test_impossible_ratios_are_errors(ratio):
 def test_one_class_is_an_error():
     with pytest.raises(ValueError, match="at least 2 classes"):
         cui_train_counts(100, 10, 1)
+
+
+
+def test_a_ratio_the_data_cannot_give_is_an_error_naming_it_and_the_maximum():
+    with pytest.raises(ValueError, match=r"r=1e\+12 is more than the data can give.*1 <= r <= 129"):
+        cui_train_counts(129, 1.0e12, 10)
+    with pytest.raises(ValueError, match=r"r=1000 is more than the data can give.*5\.00 <= r <= 500"):
+        lmd_keep_counts([500, 300, 100], 1000)
+    assert cui_train_counts(129, 129, 3) == [129, 12, 1]  # the largest ratio the data can give
+    lmd_keep_counts([500, 300, 100], 500)  # r = n_max: allowed

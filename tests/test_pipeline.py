@@ -1,16 +1,22 @@
 """End to end through the snakemake CLI, and the cache property the product exists for."""
 import copy
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, dry_run_jobs, read_config, run_snakemake, write_config
+from conftest import (REPO, dry_run_jobs, folder_config, image_tree, load_test_config,
+                      read_config, run_snakemake, truncate, write_config)
 from lmdlt.config import pairs, row_label, validate_config
 from lmdlt.io import read_json
 from lmdlt.metrics import GROUP_METRICS, group_metrics
+
 
 pytestmark = pytest.mark.slow
 
@@ -196,3 +202,170 @@ def test_a_missing_data_root_stops_before_any_job(tmp_path):
     out = proc.stdout + proc.stderr
     assert "dataset.root:" in out and "no-such-folder' does not exist" in out
     assert not (tmp_path / "results").exists()
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {p.relative_to(folder) for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+# ------------------------------------------------------------------ paths with spaces, non-ASCII
+
+
+@pytest.mark.slow
+def test_workflow_runs_with_a_space_and_non_ascii_in_results_dir_and_data_root(tmp_path):
+    data = image_tree(tmp_path / "data röot 1", {"a": 12, "b": 12, "c": 12})
+    before = files_under(data)
+    work = tmp_path / "wörk dir"
+    work.mkdir()
+    results = "my résults"
+    write_config(work, folder_config(data, results))
+    run_snakemake(work, "--cores", "2")
+    table = work / results / "tiny" / "tables" / "results.md"
+    assert "| CE + NCM |" in table.read_text() and "| CE |" in table.read_text()
+    stray = {p for p in files_under(work) if p.parts[0] not in (results, ".snakemake", "config.yaml")}
+    assert not stray, f"files written outside results_dir: {sorted(stray)}"
+    assert files_under(data) == before, "files written into the data root"
+    assert set(os.listdir(tmp_path)) == {"data röot 1", "wörk dir"}
+
+
+TINY = load_test_config("digits")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 1-seed digits run (CE 1 epoch, cRT 1 epoch), fully run."""
+    work = tmp_path_factory.mktemp("tiny")
+    write_config(work, TINY)
+    run_snakemake(work, "--cores", "2")
+    return work
+
+
+def fresh_clone(run: Path, dest: Path, change=None) -> Path:
+    """`cp -a results` into a directory without .snakemake/ (results on shared storage)."""
+    dest.mkdir()
+    shutil.copytree(run / "results", dest / "results", symlinks=True)  # copy2: mtimes kept
+    cfg = copy.deepcopy(read_config(run))
+    if change:
+        change(cfg)
+    write_config(dest, cfg)
+    return dest
+
+
+def results_state(work: Path) -> dict:
+    return {str(p.relative_to(work)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in (work / "results").rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_fresh_clone_over_existing_results_schedules_exactly_the_right_jobs(tiny_run, tmp_path):
+    """Without .snakemake/ metadata: nothing to do as is; a new stage-2 variant, a new seed, a
+    changed stage-2 parameter each schedule exactly their jobs and the report (the stage-1
+    checkpoint and features are not rebuilt); a dry-run writes nothing into results."""
+    assert dry_run_jobs(fresh_clone(tiny_run, tmp_path / "same")) == {}
+
+    def add_variant(cfg):
+        cfg["stage2"]["ncm"] = {"method": "ncm"}
+    work = fresh_clone(tiny_run, tmp_path / "variant", add_variant)
+    before = results_state(work)
+    assert dry_run_jobs(work) == {"train_stage2": 1, **REPORT}
+    assert results_state(work) == before, "a dry-run wrote into results"
+
+    def add_seed(cfg):
+        cfg["seeds"] = [0, 1]
+    assert dry_run_jobs(fresh_clone(tiny_run, tmp_path / "seed", add_seed)) == {
+        "split": 1, "train_stage1": 1, "extract_features": 1, "train_stage2": 1, **REPORT}
+
+    def change_param(cfg):
+        cfg["stage2"]["crt"]["params"]["epochs"] = 2
+    work = fresh_clone(tiny_run, tmp_path / "param", change_param)
+    expected = {"train_stage2": 1, **REPORT}
+    assert dry_run_jobs(work) == expected
+    # run it: then nothing to do, also in a fresh clone of that; back to the old value re-runs
+    run_snakemake(work, "--cores", "2")
+    assert dry_run_jobs(work) == {}
+    again = tmp_path / "param_clone"
+    again.mkdir()
+    shutil.copytree(work / "results", again / "results", symlinks=True)
+    shutil.copy(work / "config.yaml", again / "config.yaml")
+    assert dry_run_jobs(again) == {}
+    write_config(again, read_config(tiny_run))
+    assert dry_run_jobs(again) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("artefact, rule, command", [
+    ("seed0/stage1/ce/model.pt", "train_stage1",
+     "extract --checkpoint {f} --split {split} --images {images} --device cpu --out {out}"),
+    ("seed0/stage1/ce/features.h5", "extract_features",
+     "train-stage2 --features {f} --checkpoint {ckpt} --split {split} --params {crt} --seed 0 --out {out}"),
+    ("seed0/stage1/ce/features.h5", "extract_features", "evaluate --predictions {f} --manifest {split} --groups {groups} --out {out}"),
+    ("seed0/stage2/ce/crt/predictions.h5", "train_stage2",
+     "evaluate --predictions {f} --manifest {split} --groups {groups} --out {out}"),
+])
+def test_a_truncated_artefact_is_an_error_naming_the_file_and_the_fix(tiny_run, tmp_path, artefact, rule, command):
+    import json
+    import shlex
+
+    root = tiny_run / "results" / "digits-lt"
+    f = truncate(Path(shutil.copy(root / artefact, tmp_path / Path(artefact).name)))
+    fields = {"f": f, "split": root / "seed0" / "split.parquet", "ckpt": root / "seed0/stage1/ce/model.pt",
+              "images": next((tiny_run / "results" / "image_cache").rglob("images_8px.h5")),
+              "out": tmp_path / "out" / "x", "crt": json.dumps(TINY["stage2"]["crt"]),
+              "groups": json.dumps(TINY["groups"])}
+    args = [a.format(**{k: str(v) for k, v in fields.items()}) for a in shlex.split(command)]
+    proc = subprocess.run([str(Path(sys.executable).with_name("lmdlt")), *args], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    err = proc.stderr
+    assert "Traceback" not in err, err[-2000:]
+    assert repr(str(f)) in err and "truncated or corrupt" in err, err
+    assert "delete it and re-run snakemake" in err and f"--forcerun {f}" in err and f"rule {rule}" in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# ------------------------------------------------------------------ provenance closes the loop
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_stage1_variant_is_refused_by_extraction(tiny_run, tmp_path):
+    """A model.pt of another stage-1 variant (other width), same split, dropped at
+    stage1/ce/model.pt: extraction for the CE variant names both files and both hashes."""
+    import json
+
+    from lmdlt.config import validate_config
+    from lmdlt.io import sha256_json
+
+    root = tiny_run / "results" / "digits-lt"
+    split = root / "seed0" / "split.parquet"
+    images = next((tiny_run / "results" / "image_cache").rglob("images_8px.h5"))
+    lmdlt = str(Path(sys.executable).with_name("lmdlt"))
+    variants = validate_config(copy.deepcopy({**TINY, "stage1": {
+        **TINY["stage1"], "ce_w24": {**TINY["stage1"]["ce"], "model": {"width": 24}}}}))["stage1"]
+    other = tmp_path / "stage1" / "ce" / "model.pt"
+    subprocess.run([lmdlt, "train-stage1", "--split", str(split), "--images", str(images), "--params",
+                    json.dumps(variants["ce_w24"]), "--seed", "0", "--threads", "1", "--device", "cpu",
+                    "--out", str(other)], check=True, capture_output=True)
+    ce = json.dumps(variants["ce"], sort_keys=True)
+    out = tmp_path / "stage1" / "ce" / "features.h5"
+
+    def extract(ckpt, *extra):
+        return subprocess.run([lmdlt, "extract", "--checkpoint", str(ckpt), "--split", str(split),
+                               "--images", str(images), "--device", "cpu", "--threads", "1",
+                               "--out", str(out), *extra], capture_output=True, text=True)
+
+    proc = extract(other, "--stage1-params", ce)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    got = torch_load_hash(other)
+    assert str(other) in proc.stderr and str(out) in proc.stderr, proc.stderr
+    assert got in proc.stderr and sha256_json(json.loads(ce)) in proc.stderr, proc.stderr
+    assert "'width': 24" in proc.stderr and not out.exists()
+    # the right checkpoint passes; by hand without --stage1-params nothing is checked (--help says so)
+    assert extract(root / "seed0" / "stage1" / "ce" / "model.pt", "--stage1-params", ce).returncode == 0
+    assert extract(other).returncode == 0
+    helptext = subprocess.run([lmdlt, "extract", "--help"], capture_output=True, text=True).stdout
+    assert "--stage1-params" in helptext and "not checked" in helptext
+
+
+def torch_load_hash(path: Path) -> str:
+    from lmdlt.models.checkpoint import safe_torch_load
+
+    return safe_torch_load(path)["meta"]["provenance"]["config_hash"]

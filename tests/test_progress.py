@@ -19,7 +19,7 @@ import threading
 
 import pytest
 
-from conftest import build_digits_split
+from conftest import link_digits
 from lmdlt import progress
 from lmdlt.config import validate_variant
 from lmdlt.status import collect, parse_log, read_lines
@@ -37,8 +37,8 @@ class FakeTerminal(io.StringIO):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return build_digits_split(tmp_path_factory.mktemp("progress"))
+def data(digits, tmp_path_factory):
+    return link_digits(digits, tmp_path_factory.mktemp("progress"))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_digits_split
 from lmdlt.config import validate_variant
 from lmdlt.stage1 import get_method as get1
 
@@ -90,13 +89,8 @@ def test_selectable_only_from_the_drw_epoch(name):
     assert all(m.selectable(e) for e in range(10))
 
 
-@pytest.fixture(scope="module")
-def digits_split(tmp_path_factory):
-    return build_digits_split(tmp_path_factory.mktemp("digits"))
-
-
 @pytest.mark.parametrize("name", ["ldam", "ce_drw"])
-def test_trainer_keeps_a_post_drw_epoch_and_runs_the_reference_schedule(name, digits_split, tmp_path,
+def test_trainer_keeps_a_post_drw_epoch_and_runs_the_reference_schedule(name, digits, tmp_path,
                                                                         monkeypatch):
     """Validation BACC forced to fall epoch by epoch: an unrestricted best_val keeps epoch 1,
     a pre-DRW model; DRW starts at 0-based epoch floor(0.8 * 10) = 8, so epoch 9 (1-based)."""
@@ -108,7 +102,7 @@ def test_trainer_keeps_a_post_drw_epoch_and_runs_the_reference_schedule(name, di
     monkeypatch.setattr(sklearn.metrics, "balanced_accuracy_score", lambda *a, **k: next(scores))
     cfg = validate_variant("stage1", {"method": name, "epochs": 10, "batch_size": 64, "lr": 0.05,
                                       "model": {"arch": "small_resnet", "width": 4, "blocks_per_stage": 1}})
-    meta = train_stage1(digits_split / "split.parquet", digits_split / "images.h5", cfg, 0,
+    meta = train_stage1(digits / "split.parquet", digits / "images.h5", cfg, 0,
                         tmp_path / "model.pt", threads=1, device="cpu")
     assert meta["selected_epoch"] == 9
     # the lr logged after epoch e (1-based) is the rate of the next step: epoch e's (0-based)

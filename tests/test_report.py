@@ -17,6 +17,8 @@ from lmdlt.report.figures import class_distribution_figure, sweep_figure, sweep_
 from lmdlt.report.paper_tables import render, write_paper_table
 from lmdlt.report.spec import figure_specs, sweep_runs, table_specs
 from lmdlt.report.stats import balanced_accuracy_batch, paired_bootstrap
+from lmdlt.report.tables import to_markdown
+
 
 ICC = {"iterations": 2, "virtual_per_class": 50, "lambda_e": 1e-4}
 CONFIG = {
@@ -401,3 +403,13 @@ def test_results_table_aggregates_the_files_and_marks_missing_metrics(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"row 'CE', seed 1: metric file .*m1.json is missing"):
         write_table(rows, ["bacc"], "t", None, tmp_path / "r2.md", tmp_path / "r2.csv")
     assert not (tmp_path / "r2.md").exists() and not (tmp_path / "r2.csv").exists()
+
+
+def _table(n_seeds: int) -> pd.DataFrame:
+    return pd.DataFrame([{"row": "CE", "stage1": "ce", "stage2": "", "bacc_mean": 0.5, "bacc_std": 0.0,
+                          "bacc_n": n_seeds, "n_seeds": n_seeds}])
+
+
+def test_one_seed_shows_no_spread():
+    assert "± 0.00" not in to_markdown(_table(1), ["bacc"], "t", "c")
+    assert "50.00 ± 0.00" in to_markdown(_table(2), ["bacc"], "t", "c")

@@ -32,30 +32,24 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import load_test_config  # noqa: E402
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
 
-TINY = {
-    "dataset": {"name": "digits-lt", "source": "digits", "image_size": 8},
-    "split": {"protocol": "cui", "imbalance_ratio": 50, "val_per_class": 15, "test_per_class": 30},
-    "seeds": [0],
-    "groups": {"rule": "rank", "sizes": [3, 4, 3]},
-    "compute": {"threads": 1},
-    "stage1": {"ce": {"method": "ce", "label": "CE", "epochs": 1, "batch_size": 64}},
-    "stage2": {"crt": {"method": "crt", "label": "cRT", "params": {"epochs": 1}}},
-    "report": {
-        "title": "digits-LT, one epoch (browser test)",
-        "paper": "hyper_kvasir",  # Table 1 is Hyper-Kvasir's: the paper's numbers beside ours
-        "lmd": "ce/crt",
-        "bootstrap": {"resamples": 200},
-        "tables": {
-            "table1": {"rows": [{"run": "ce", "paper": "CE"}, {"run": "ce/crt", "label": "Decoupling",
-                                                              "paper": "Decoupling"}]},
-            "table3": {"rows": [{"run": "ce", "paper": "CE"}, {"run": "ce/crt", "label": "Decoupling"}],
-                       "combine": ["digits-lt-other"]},
-        },
-        "figures": {"class_distribution": True},
+#: tests/configs/digits.yaml with a report of the paper's tables and a figure
+TINY = load_test_config("digits")
+TINY["report"] = {
+    "title": "digits-LT, one epoch (browser test)",
+    "paper": "hyper_kvasir",  # Table 1 is Hyper-Kvasir's: the paper's numbers beside ours
+    "lmd": "ce/crt",
+    "bootstrap": {"resamples": 200},
+    "tables": {
+        "table1": {"rows": [{"run": "ce", "paper": "CE"}, {"run": "ce/crt", "label": "Decoupling",
+                                                          "paper": "Decoupling"}]},
+        "table3": {"rows": [{"run": "ce", "paper": "CE"}, {"run": "ce/crt", "label": "Decoupling"}],
+                   "combine": ["digits-lt-other"]},
     },
+    "figures": {"class_distribution": True},
 }
 OTHER = "digits-lt-other"  # the second experiment of the combined Table 3
 

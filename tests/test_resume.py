@@ -12,18 +12,13 @@ import pytest
 import torch
 
 import lmdlt.stage1.trainer as trainer
+from conftest import link_digits
 from lmdlt.cli import main as cli_main
 from lmdlt.config import validate_variant
-from lmdlt.data.image_cache import build_image_cache
-from lmdlt.data.sources import get_source
-from lmdlt.data.splits import build_split, write_manifest
-from lmdlt.io import provenance
 from lmdlt.resume import resume_path
 from lmdlt.stage1.ce import CrossEntropy
 from lmdlt.stage1.trainer import train_stage1
 
-SPLIT = {"protocol": "cui", "imbalance_ratio": 50, "val_per_class": 15, "test_per_class": 30,
-         "n_cap": None, "class_order": "count"}
 
 # methods whose state lives partly outside the network: an EMA teacher and step counter (rrl),
 # centroids and a paired class-aware sampler (iccl), running covariances (lcreg), cumulative
@@ -44,14 +39,8 @@ VARIANTS = {
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("resume_data")
-    src = get_source("digits")
-    build_image_cache(src, 8, d / "images.h5", provenance("image_cache", {"size": 8}))
-    index = src.index()
-    write_manifest(d / "split.parquet", build_split(index, SPLIT, 0), index.class_names,
-                   provenance("split", SPLIT, seed=0))
-    return d
+def data(digits, tmp_path_factory):
+    return link_digits(digits, tmp_path_factory.mktemp("resume_data"))
 
 
 def variant(name, **over):

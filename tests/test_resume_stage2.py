@@ -200,32 +200,6 @@ def test_sigkilled_train_stage2_crt_resumes_identically(tmp_path):
     assert not resume_path(out).exists()
 
 
-SPLIT = {"protocol": "cui", "imbalance_ratio": 10, "val_per_class": 15, "test_per_class": 30,
-         "n_cap": None, "class_order": "count"}
-
-
-@pytest.fixture(scope="module")
-def stage1(tmp_path_factory):
-    """Digits at 8 px: image cache, split manifest and a one-epoch CE checkpoint."""
-    from lmdlt.data.image_cache import build_image_cache
-    from lmdlt.data.sources import get_source
-    from lmdlt.data.splits import build_split, write_manifest
-    from lmdlt.stage1.trainer import train_stage1
-
-    d = tmp_path_factory.mktemp("stage1")
-    src = get_source("digits")
-    build_image_cache(src, 8, d / "images.h5",
-                      provenance("image_cache", {"source": "digits", "root": None, "options": {},
-                                                 "image_size": 8}))
-    index = src.index()
-    write_manifest(d / "split.parquet", build_split(index, SPLIT, 0), index.class_names,
-                   provenance("split", {"dataset": {"source": "digits", "root": None, "options": {}},
-                                        "split": SPLIT}, seed=0))
-    cfg = validate_variant("stage1", {"method": "ce", "epochs": 1, "batch_size": 64})
-    train_stage1(d / "split.parquet", d / "images.h5", cfg, 0, d / "model.pt", threads=1, device="cpu")
-    return d
-
-
 ICC = {"iterations": 4, "virtual_per_class": 100, "m_epochs": 1, "m_batch_size": 64, "m_lr": 0.05,
        "e_lr": 0.001, "e_batch_size": 32, "lambda_e": 1e-4, "lr_milestones": [3]}
 

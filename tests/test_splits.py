@@ -4,9 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import folder_config, image_tree
 from lmdlt.data.sources import SourceIndex, get_source
 from lmdlt.data.splits import build_split, content_hash, read_manifest, split_counts, write_manifest
 from lmdlt.io import provenance
+
 
 CUI = {"protocol": "cui", "imbalance_ratio": 100, "val_per_class": 15, "test_per_class": 30,
        "n_cap": None, "class_order": "count"}
@@ -168,3 +170,18 @@ def test_the_leak_report_and_check_compare_groups_as_the_split_does():
     assert report["train_test_groups"] == 1 and report["test_images_with_train_group"] == 1
     with pytest.raises(ValueError, match="split leak: group '4' crosses splits"):
         check_disjoint(table)
+
+
+@pytest.mark.parametrize("counts, message", [
+    ({"a": 10, "b": 10, "c": 1}, "class 'c' has 1 images: too few to split"),
+    ({"a": 10, "b": 10, "c": 0}, r"classes without images: \['c'\]"),
+])
+def test_an_empty_or_one_image_class_is_caught_from_the_index(tmp_path, counts, message):
+    data = image_tree(tmp_path / "data", counts)
+    cfg = folder_config(data)
+    from lmdlt.config import validate_config
+    from lmdlt.data.splits import check_data
+
+    cfg = validate_config(cfg)
+    with pytest.raises(ValueError, match=message):
+        check_data(cfg["dataset"], cfg["split"], cfg["seeds"])

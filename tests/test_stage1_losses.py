@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import lmdlt.stage1.seesaw as seesaw_mod
 from lmdlt.config import validate_variant
 from lmdlt.models import build_network
 from lmdlt.stage1 import available_methods, get_method
@@ -22,6 +23,7 @@ from lmdlt.stage1.lcreg import RunningCovariance, latent_aug_loss, reconstructio
 from lmdlt.stage1.ldam import ldam_loss, ldam_margins
 from lmdlt.stage1.seesaw import seesaw_loss
 from lmdlt.stage1.trainer import train_sampler_spec
+
 
 K = 4
 COUNTS = np.array([100, 20, 5, 1])
@@ -379,24 +381,6 @@ def test_rs_sets_its_own_sampler_and_refuses_a_second_one():
 
 # ----- every method trains through the shared loop (2 epochs on digits-LT) -----
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    from lmdlt.data.image_cache import build_image_cache
-    from lmdlt.data.sources import get_source
-    from lmdlt.data.splits import build_split, write_manifest
-    from lmdlt.io import provenance
-
-    split = {"protocol": "cui", "imbalance_ratio": 50, "val_per_class": 15, "test_per_class": 30,
-             "n_cap": None, "class_order": "count"}
-    d = tmp_path_factory.mktemp("digits")
-    src = get_source("digits")
-    build_image_cache(src, 8, d / "images.h5", provenance("image_cache", {"size": 8}))
-    index = src.index()
-    write_manifest(d / "split.parquet", build_split(index, split, 0), index.class_names,
-                   provenance("split", split, seed=0))
-    return d
-
-
 VARIANTS = {name: {"method": name} for name in available_methods()}
 VARIANTS["iccl"]["params"] = {"warmup_epochs": 1}            # both phases in 2 epochs
 VARIANTS["rrl"]["params"] = {"consistency_start_epoch": 1}  # warm-up and RRL in 2 epochs
@@ -417,3 +401,76 @@ def test_every_method_trains_and_saves_a_checkpoint(digits, tmp_path, name):
     assert len(meta["history"]) == 2 and all(np.isfinite(h["loss"]) for h in meta["history"])
     net, _ = load_checkpoint(tmp_path / "m.pt")
     assert net.classifier.out_features == 10
+
+
+# three classes for the tests below (they pin behaviours a one-line edit of the method changes)
+PIN_COUNTS = np.array([60, 20, 5])
+
+
+def test_seesaw_counts_include_the_current_batch_before_the_loss(monkeypatch):
+    seen = []
+    real = seesaw_mod.seesaw_loss
+    monkeypatch.setattr(seesaw_mod, "seesaw_loss",
+                        lambda logits, y, counts, p, q: seen.append(counts.clone()) or real(logits, y, counts, p, q))
+    net = tiny_net(3)
+    m = method("seesaw", counts=PIN_COUNTS, net=net)
+    m.loss(net, tiny_images(4), torch.tensor([0, 0, 1, 2]), 0)
+    m.loss(net, tiny_images(2), torch.tensor([2, 2]), 0)
+    np.testing.assert_array_equal(seen[0].numpy(), [2, 1, 1])
+    np.testing.assert_array_equal(seen[1].numpy(), [2, 1, 3])
+
+
+@pytest.mark.parametrize("name", ["ldam", "gcl"])
+def test_cosine_classifier_stays_normalised_after_optimiser_steps(name):
+    net = tiny_net(3)
+    m = method(name, counts=PIN_COUNTS, net=net)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    x, y = tiny_images(6), torch.tensor([0, 0, 0, 1, 2, 2])
+    for _ in range(2):
+        loss = sum(m.loss(net, x, y, 0).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        # the step itself moves the rows off the unit sphere; after_step brings them back
+        m.after_step(net)
+        np.testing.assert_allclose(net.classifier.weight.detach().norm(dim=1).numpy(), 1.0, rtol=1e-5)
+        assert float(net.classifier.bias.detach().abs().max()) == 0.0
+
+
+def test_iccl_centroids_move_after_the_warm_up_and_its_sampler_uses_gamma():
+    net = tiny_net(3)
+    m = method("iccl", counts=PIN_COUNTS, net=net, epochs=4, warmup_epochs=1, dim=3)
+    before = m.centroids.clone()
+    y, yt = torch.tensor([0, 1, 1, 2]), torch.tensor([2, 2, 1, 0])
+    m.loss(net, tiny_images(4), y, 2, paired=(tiny_images(4, seed=1), yt))  # after the warm-up
+    moved = (m.centroids - before).norm(dim=1)
+    assert bool((moved > 0).all())
+    assert method("iccl", counts=PIN_COUNTS, gamma=1.0).paired_sampler() == {"name": "class_aware", "gamma": 1.0}
+
+
+def test_bal_mixup_pairs_with_a_class_balanced_batch():
+    assert method("bal_mixup", counts=PIN_COUNTS).paired_sampler() == {"name": "class_balanced"}
+
+
+def test_gcl_focal_factor_is_detached_as_in_the_reference():
+    """The reference's focal_loss (losses.py:9-13): (1 - p.detach())^gamma * CE, so the gradient
+    is the factor times dCE, without the factor's own derivative."""
+    cos = torch.tensor([[0.30, 0.25, 0.20], [0.10, 0.12, 0.15], [0.05, 0.12, 0.08]],
+                       dtype=torch.float64, requires_grad=True)
+    y, eps = torch.tensor([0, 2, 1]), torch.zeros(3, 3, dtype=torch.float64)
+    amp = torch.tensor([0.0, 0.5, 1.0])
+    gcl_loss(cos, y, amp, eps, 20.0, 0.1, 0.5, gamma=1.0).backward()
+    got = cos.grad.clone()
+    c2 = cos.detach().clone().requires_grad_(True)
+    ce = F.cross_entropy(20.0 * (c2 - 0.1 * F.one_hot(y, 3).double()), y, reduction="none")
+    ((1 - torch.exp(-ce)).detach() * ce).mean().backward()
+    torch.testing.assert_close(got, c2.grad)
+
+
+def test_iccl_warm_up_is_half_the_run_by_default():
+    net = tiny_net(3)
+    m = method("iccl", counts=PIN_COUNTS, net=net, epochs=10, dim=3)
+    assert m.warmup() == 5
+    y = torch.tensor([0, 1, 1, 2])
+    assert set(m.loss(net, tiny_images(4), y, 4)) == {"ce", "cc"}  # the last warm-up epoch
+    assert set(m.loss(net, tiny_images(4), y, 5, paired=(tiny_images(4, seed=1), y))) == {"ce", "ce_it", "cc_it"}

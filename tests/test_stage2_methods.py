@@ -1,5 +1,6 @@
 """Stage-2 methods on cached features: tau-norm's selection on validation only, LWS, NCM,
-ICCL's distillation rebalancing and weight balancing, against direct re-computations."""
+ICCL's distillation rebalancing and weight balancing, against direct re-computations; cRT
+retrains a freshly initialised classifier, class-balanced."""
 import math
 
 import numpy as np
@@ -7,10 +8,12 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
+import lmdlt.stage2.crt as crt_mod
 from lmdlt.config import validate_variant
 from lmdlt.stage2 import get_method
 from lmdlt.stage2.kd_rebalance import kd_loss
 from lmdlt.stage2.tau_norm import TauNorm, tau_normalised
+
 
 K, D = 3, 4
 
@@ -232,3 +235,24 @@ def test_tau_grid_includes_both_ends_and_rejects_an_empty_range():
     assert len(grid) == 21 and grid[0] == 0.0 and grid[-1] == 2.0 and 1.0 in grid
     with pytest.raises(ValueError, match="logit_adjust: tau_max 1 < tau_min 2"):
         tau_grid({"tau_min": 2, "tau_max": 1, "tau_step": 0.1}, "logit_adjust")
+
+
+def test_crt_retrains_a_freshly_initialised_class_balanced_classifier(monkeypatch):
+    calls = []
+    real = crt_mod.train_linear
+
+    def spy(*a, **kw):
+        calls.append(kw)
+        return real(*a, **kw)
+    monkeypatch.setattr(crt_mod, "train_linear", spy)
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(K), [30, 10, 4])
+    x = (rng.normal(size=(len(y), 4)) + np.eye(K, 4)[y] * 3).astype(np.float32)
+    clf = {"weight": np.full((K, 4), 7.0, np.float32), "bias": np.ones(K, np.float32)}
+    cfg = validate_variant("stage2", {"method": "crt", "params": {"epochs": 1, "lr": 1e-12}})
+    m = get_method("crt")(cfg["params"], K)
+    m.fit({"features": x, "labels": y}, None, clf, torch.Generator().manual_seed(0))
+    assert calls[0]["sampler"] == "class_balanced"
+    assert calls[0].get("init") is None  # a new layer, not the stage-1 classifier
+    # with a vanishing lr the weights stay at their fresh init, far from the stage-1 rows (all 7)
+    assert float(np.abs(m.state()["weight"] - 7.0).min()) > 5.0

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lmdlt.config import validate_variant
-from lmdlt.data.image_cache import ImageCache, build_image_cache
+from conftest import DIGITS_SPLIT, link_digits
+from lmdlt.data.image_cache import ImageCache
 from lmdlt.data.sources import get_source
 from lmdlt.data.splits import build_split, read_manifest, write_manifest
 from lmdlt.features import FeatureSet, extract_features
@@ -17,20 +18,12 @@ from lmdlt.models.checkpoint import load_checkpoint
 from lmdlt.stage1.trainer import train_stage1
 from lmdlt.stage2.runner import run_stage2
 
-SPLIT = {"protocol": "cui", "imbalance_ratio": 50, "val_per_class": 15, "test_per_class": 30,
-         "n_cap": None, "class_order": "count"}
 GROUPS = {"rule": "rank", "sizes": [3, 4, 3]}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    src = get_source("digits")
-    build_image_cache(src, 8, d / "images.h5", provenance("image_cache", {"size": 8}))
-    index = src.index()
-    table = build_split(index, SPLIT, 0)
-    write_manifest(d / "split.parquet", table, index.class_names, provenance("split", SPLIT, seed=0))
-    return d
+def data(digits, tmp_path_factory):
+    return link_digits(digits, tmp_path_factory.mktemp("data"))
 
 
 def stage1_cfg(**over):
@@ -102,8 +95,8 @@ def test_checkpoint_loads_weights_only_and_reproduces_the_features(data, tmp_pat
 def test_features_refuse_a_checkpoint_from_another_split(data, tmp_path):
     run_chain(data, tmp_path / "d")
     index = get_source("digits").index()
-    other = build_split(index, SPLIT, 7)
-    write_manifest(tmp_path / "other.parquet", other, index.class_names, provenance("split", SPLIT, seed=7))
+    other = build_split(index, DIGITS_SPLIT, 7)
+    write_manifest(tmp_path / "other.parquet", other, index.class_names, provenance("split", DIGITS_SPLIT, seed=7))
     with pytest.raises(ValueError, match="was trained on split"):
         extract_features(tmp_path / "d" / "model.pt", tmp_path / "other.parquet", data / "images.h5",
                          tmp_path / "bad.h5", device="cpu")

@@ -1,13 +1,10 @@
-"""Stage 2 on augmented views (``features.train_views``, docs/train_views.md).
+"""lmdlt.stage2.linear on augmented views (``features.train_views``, docs/train_views.md); the
+views' extraction is tested in test_features.py.
 
-- the features file holds N views of the training split that differ from each other and from
-  the clean features, with the stage-1 classifier's logits of each; N = 0 is the old layout;
-- extraction is deterministic; the views are the stage-1 variant's own training augmentation
-  (with no augmentation they are the clean features; RRL: the weak view);
 - a linear stage-2 method with N views sees, in every epoch, exactly one view per image (a spy
   on the DataLoader), drawn afresh per epoch, never the clean feature; KD's teacher is the
   stage-1 classifier's output on the same view;
-- N = 0: bit-identical weights to the code before the change (its loop copied here);
+- N = 0: bit-identical weights to a plain linear training loop without views (copied here);
   NCM / tau-norm / logit adjustment give the same predictions with or without views;
 - the runner refuses a file whose views disagree with its record or with the config.
 """
@@ -21,122 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import N_VIEWS
 from lmdlt.config import validate_variant
-from lmdlt.data.image_cache import build_image_cache
 from lmdlt.data.samplers import make_sampler, set_sampler_epoch
-from lmdlt.data.sources import get_source
-from lmdlt.data.splits import build_split, write_manifest
-from lmdlt.features import FeatureSet, extract_features, view_transform
-from lmdlt.io import provenance
-from lmdlt.stage2 import get_method
-from lmdlt.stage2 import linear as linear_mod
+from lmdlt.features import FeatureSet
+from lmdlt.stage2 import get_method, linear as linear_mod
 from lmdlt.stage2.linear import LINEAR_PARAMS, ViewedFeatures, train_linear, with_train_views
 from lmdlt.stage2.runner import check_train_views, run_stage2
 
-SPLIT = {"protocol": "cui", "imbalance_ratio": 50, "val_per_class": 15, "test_per_class": 30,
-         "n_cap": None, "class_order": "count"}
-N_VIEWS = 3
-
-
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    """A 1-epoch digits CE checkpoint (padded crop + horizontal flip), its split and cache, and
-    features files with 0 and N_VIEWS views (the latter twice)."""
-    from lmdlt.stage1.trainer import train_stage1
-
-    d = tmp_path_factory.mktemp("views")
-    src = get_source("digits")
-    build_image_cache(src, 8, d / "images.h5", provenance("image_cache", {"size": 8}))
-    index = src.index()
-    write_manifest(d / "split.parquet", build_split(index, SPLIT, 0), index.class_names,
-                   provenance("split", SPLIT, seed=0))
-    cfg = validate_variant("stage1", {"method": "ce", "epochs": 1, "batch_size": 32, "lr": 0.05,
-                                      "augment": {"crop_padding": 1, "hflip": True}})
-    train_stage1(d / "split.parquet", d / "images.h5", cfg, 0, d / "model.pt", threads=1, device="cpu")
-    plain = validate_variant("stage1", {"method": "ce", "epochs": 1, "batch_size": 32, "lr": 0.05})
-    train_stage1(d / "split.parquet", d / "images.h5", plain, 0, d / "plain.pt", threads=1, device="cpu")
-    for name, n, ckpt in (("f0.h5", 0, "model.pt"), ("f3.h5", N_VIEWS, "model.pt"),
-                          ("f3b.h5", N_VIEWS, "model.pt"), ("plain3.h5", N_VIEWS, "plain.pt")):
-        extract_features(d / ckpt, d / "split.parquet", d / "images.h5", d / name, threads=1,
-                         device="cpu", train_views=n)
-    return d
-
-
-def test_file_holds_n_views_that_differ_from_each_other_and_from_the_clean_features(chain):
-    fs0, fs = FeatureSet(chain / "f0.h5"), FeatureSet(chain / "f3.h5")
-    clean = fs["train"]["features"]
-    views, logits = fs.train_views["features"], fs.train_views["logits"]
-    assert views.shape == (N_VIEWS, *clean.shape) and views.dtype == np.float32
-    assert logits.shape == (N_VIEWS, *fs["train"]["logits"].shape)
-    for v in range(N_VIEWS):
-        # most images differ from their clean feature in every view (a padded crop may keep a few)
-        moved = np.abs(views[v] - clean).max(axis=1) > 1e-4
-        assert moved.mean() > 0.5, v
-        for w in range(v):
-            assert (np.abs(views[v] - views[w]).max(axis=1) > 1e-4).mean() > 0.5, (v, w)
-        w_, b_ = fs.classifier["weight"], fs.classifier["bias"]
-        np.testing.assert_allclose(logits[v], views[v] @ w_.T + b_, rtol=1e-4, atol=1e-4)
-    assert fs.num_train_views == N_VIEWS and int(fs.attrs["train_views"]) == N_VIEWS
-    assert "weak" not in fs.provenance["config"]["view_transform"]
-    assert fs.provenance["config"]["view_augment"]["crop_padding"] == 1
-    # N = 0: the layout of before (no /train_views), and the same clean features
-    assert fs0.train_views is None and fs0.num_train_views == 0
-    with h5py.File(chain / "f0.h5") as f:
-        assert "train_views" not in f and sorted(f["train"]) == ["features", "ids", "labels", "logits"]
-    for split in ("train", "val", "test"):
-        for k in ("features", "logits", "labels"):
-            np.testing.assert_array_equal(fs0[split][k], fs[split][k])
-
-
-def test_extraction_is_deterministic(chain):
-    a, b = FeatureSet(chain / "f3.h5"), FeatureSet(chain / "f3b.h5")
-    for k in ("features", "logits"):
-        np.testing.assert_array_equal(a.train_views[k], b.train_views[k])
-    assert a.provenance["config"]["view_seed"] == 0
-
-
-def test_views_are_drawn_from_their_own_seed():
-    """``augmented_views``: the same for a seed whatever the global random state, different for
-    another seed, and the global random state is left as it was."""
-    from lmdlt.data.transforms import train_transform
-    from lmdlt.features import augmented_views
-
-    images = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 1), dtype=np.uint8)
-    t = train_transform({"crop_padding": 2, "hflip": True}, 8)
-    torch.manual_seed(123)
-    a = augmented_views(images, t, 2, seed=5)
-    torch.manual_seed(456)
-    b = augmented_views(images, t, 2, seed=5)
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, augmented_views(images, t, 2, seed=6))
-    assert not np.array_equal(a[0], a[1])
-    torch.manual_seed(9)
-    state = torch.get_rng_state()
-    augmented_views(images, t, 1, seed=5)
-    assert torch.equal(torch.get_rng_state(), state)
-
-
-def test_without_augmentation_the_views_are_the_clean_features(chain):
-    """The views go through the stage-1 variant's own augmentation, image by image in the order
-    of /train/ids: with none (crop 0, no flips) they are exactly the clean features."""
-    fs = FeatureSet(chain / "plain3.h5")
-    for v in range(N_VIEWS):
-        np.testing.assert_allclose(fs.train_views["features"][v], fs["train"]["features"], atol=1e-5)
-
-
-def test_rrl_views_use_the_weak_augmentation():
-    cfg = validate_variant("stage1", {"method": "rrl", "epochs": 2, "batch_size": 32, "lr": 0.05,
-                                      "augment": {"crop_padding": 0},
-                                      "params": {"flip": False, "vflip": False}})
-    transform, described = view_transform(cfg, np.array([20, 10, 5]), 16)
-    assert "weak" in described
-    img = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)
-    torch.manual_seed(0)
-    for _ in range(5):  # the weak view is the identity here, the strong one is not
-        assert torch.equal(transform(img), img)
-
-
-# --- the linear methods on views ----------------------------------------------------------
 
 def _synthetic(n=48, c=6, k=3, n_views=4, seed=0):
     g = np.random.default_rng(seed)
@@ -215,10 +104,10 @@ def test_a_linear_method_sees_one_view_per_image_per_epoch(monkeypatch, method, 
         np.testing.assert_array_equal(viewed["logits"], train["logits"])  # restored after the fit
 
 
-def _train_linear_before(features, labels, num_classes, *, epochs, batch_size, lr, momentum,
+def _plain_train_linear(features, labels, num_classes, *, epochs, batch_size, lr, momentum,
                          weight_decay, sampler, generator, init=None, sampler_options=None,
                          loss_fn=None, after_step=None):
-    """``train_linear`` as it was before train_views (commit c6eb1d7), without resume."""
+    """``train_linear`` without views and without resume: the reference the N = 0 path must equal."""
     x = torch.as_tensor(features, dtype=torch.float32)
     y = torch.as_tensor(labels, dtype=torch.int64)
     layer = init if init is not None else nn.Linear(x.shape[1], num_classes)
@@ -243,11 +132,11 @@ def _train_linear_before(features, labels, num_classes, *, epochs, batch_size, l
 
 
 @pytest.mark.parametrize("sampler", ["class_balanced", "instance"])
-def test_no_views_is_bit_identical_to_before(sampler):
+def test_no_views_is_bit_identical_to_the_plain_loop(sampler):
     train, _, _ = _synthetic()
     hp = {k: v["default"] for k, v in LINEAR_PARAMS.items()}
     outs = []
-    for fn in (_train_linear_before, train_linear):
+    for fn in (_plain_train_linear, train_linear):
         torch.manual_seed(3)
         outs.append(fn(train["features"], train["labels"], 3, sampler=sampler,
                        generator=torch.Generator().manual_seed(1), **hp))
@@ -259,8 +148,8 @@ def test_no_views_is_bit_identical_to_before(sampler):
 
 
 @pytest.mark.parametrize("method", ["crt", "lws", "kd_rebalance"])
-def test_runner_no_views_file_equals_before_and_views_change_the_fit(chain, tmp_path, monkeypatch,
-                                                                   method):
+def test_runner_no_views_file_equals_the_plain_loop_and_views_change_the_fit(chain, tmp_path,
+                                                                             monkeypatch, method):
     cfg = validate_variant("stage2", {"method": method, "params": {"epochs": 3}})
     preds = {}
     for name in ("f0.h5", "f3.h5"):
@@ -269,7 +158,7 @@ def test_runner_no_views_file_equals_before_and_views_change_the_fit(chain, tmp_
                    train_views=FeatureSet(chain / name).num_train_views)
         with h5py.File(tmp_path / f"p_{name}") as f:
             preds[name] = f["test/logits"][:]
-    # the same method by hand, with the pre-change loop, on the N = 0 file: bit-identical
+    # the same method by hand, with the plain loop, on the N = 0 file: bit-identical
     import importlib
 
     from lmdlt.runtime import setup_torch
@@ -277,7 +166,7 @@ def test_runner_no_views_file_equals_before_and_views_change_the_fit(chain, tmp_
     fs = FeatureSet(chain / "f0.h5")
     m = get_method(method)(cfg["params"], len(fs.class_names))
     monkeypatch.setattr(importlib.import_module(f"lmdlt.stage2.{method}"), "train_linear",
-                        lambda *a, resume=None, name=None, **kw: _train_linear_before(*a, **kw))
+                        lambda *a, resume=None, name=None, **kw: _plain_train_linear(*a, **kw))
     gen = setup_torch(0, 1)  # as the runner
     m.fit(fs["train"], fs["val"], fs.classifier, gen)
     np.testing.assert_array_equal(m.logits(fs["test"]["features"]), preds["f0.h5"])

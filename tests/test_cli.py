@@ -1,20 +1,62 @@
-"""Evaluation where the predictions are made and provenance that closes the loop: the producers' own metrics equal `lmdlt evaluate`'s, and every consumer
-(extraction, stage 2, ICC, evaluation, the report) refuses an input made for another config."""
+"""lmdlt.cli: --version, one error line, help on every option; the producers' commands score
+what they make (their metrics equal `lmdlt evaluate`'s), and every consumer (extraction, stage 2,
+ICC, evaluation, the report) refuses an input made for another config."""
+from __future__ import annotations
+
+import argparse
 import json
+import subprocess
+import sys
 
 import pytest
 
-from conftest import build_digits_split
-from lmdlt.cli import main
+import lmdlt
+from conftest import link_digits
+from lmdlt.cli import build_parser, main
 from lmdlt.config import validate_variant
 from lmdlt.io import read_json, sha256_json
 from lmdlt.metrics import GROUP_METRICS, group_metrics
 from lmdlt.report.paper_tables import metric_values
 
+
+def test_version_prints_the_package_version():
+    out = subprocess.run([sys.executable, "-m", "lmdlt.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == f"lmdlt {lmdlt.__version__}"
+
+
+def test_an_error_is_one_line():
+    out = subprocess.run([sys.executable, "-m", "lmdlt.cli", "show-split", "/nonexistent/split.parquet"],
+                         capture_output=True, text=True)
+    assert out.returncode == 1
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("lmdlt show-split: error:"), out.stderr
+
+
+def test_every_subcommand_and_option_has_help():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, sp in sub.choices.items():
+        for action in sp._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if not action.help:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert not missing, "options without help: " + ", ".join(missing)
+
+
 GROUPS = {"rule": "rank", "sizes": [3, 4, 3]}
+
+
 CE = {"method": "ce", "label": "CE", "epochs": 2, "batch_size": 64}
+
+
 OTHER = {**CE, "lr": 0.05}                       # another stage-1 variant config
+
+
 CRT = {"method": "crt", "label": "cRT", "params": {"epochs": 2}}
+
+
 ICC = {"method": "icc", "label": "ICC", "params": {"iterations": 1, "virtual_per_class": 20,
                                                    "m_epochs": 1, "e_batch_size": 64}}
 
@@ -31,10 +73,10 @@ def fails(capsys, argv) -> str:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(digits, tmp_path_factory):
     """One CE encoder, its features + stage-1 metrics and cRT predictions + metrics, all made
     by the producers' commands as the rules call them; and `lmdlt evaluate` of both."""
-    d = build_digits_split(tmp_path_factory.mktemp("scoring"))
+    d = link_digits(digits, tmp_path_factory.mktemp("scoring"))
     common = ["--split", str(d / "split.parquet"), "--threads", "1"]
     assert main(["train-stage1", *common, "--images", str(d / "images.h5"), "--params", j(CE),
                  "--seed", "0", "--device", "cpu", "--out", str(d / "model.pt")]) == 0
