@@ -324,3 +324,24 @@ def test_synchronised_batchnorm_keeps_timm_activations():
     assert norm_act
     cuda = dict(sync_batchnorm(copy.deepcopy(model), "cuda").named_modules())
     assert {type(cuda[n]).__name__ for n in norm_act} == {"SyncBatchNormAct"}
+
+
+def test_the_lite0_overlay_changes_ce_and_rrl_only():
+    """overlays/lite0-digits.yaml over config.yaml: CE and RRL on ImageNet Lite0 at 32 px, in
+    their own folder; every other variant is config.yaml's."""
+    from pathlib import Path
+
+    from lmdlt.config import load_config
+
+    repo = Path(__file__).resolve().parents[1]
+    base = load_config(repo / "config.yaml")
+    cfg = load_config(repo / "config.yaml", overlays=[repo / "workflow/experiments/overlays/lite0-digits.yaml"])
+    assert cfg["dataset"]["name"] == "digits-lt-lite0" and cfg["dataset"]["image_size"] == 32
+    for name in ("ce", "rrl"):
+        model = cfg["stage1"][name]["model"]
+        assert model["arch"] == "timm:efficientnet_lite0" and model["pretrained"] == "imagenet"
+        assert {k: v for k, v in cfg["stage1"][name].items() if k != "model"} == \
+            {k: v for k, v in base["stage1"][name].items() if k != "model"}
+    assert {n: v for n, v in cfg["stage1"].items() if n not in ("ce", "rrl")} == \
+        {n: v for n, v in base["stage1"].items() if n not in ("ce", "rrl")}
+    assert cfg["stage2"] == base["stage2"]
