@@ -2,9 +2,10 @@
 BatchNorm statistics; the stage-1 variant's ``finetune`` settings.
 
 Defaults are the LMD paper's stage 1: the whole network is trained, with one SGD learning rate
-(peterlipan/LMD ``stage1.py``: one ``torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)``
-over the ImageNet ResNet-18 and its classifier; the paper: "SGD ... learning rate 0.01"), and
-BatchNorm layers keep updating their statistics (synchronised across GPUs there).
+(peterlipan/LMD ``stage1.py``: ``torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)``
+over the ImageNet ResNet-18 and its classifier; the paper, section 4: "SGD with a learning rate
+of 0.01"), and BatchNorm layers keep updating their statistics (``stage1.py`` converts them to
+``SyncBatchNorm`` for its 4 GPUs).
 
 * ``encoder_lr`` (absent: the variant's ``lr``, one rate for the whole network, as LMD): the
   encoder's learning rate; ``lr`` stays the classifier's and the method's own modules'
