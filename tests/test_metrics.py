@@ -251,3 +251,55 @@ def test_leak_guard_on_a_real_source_split(tmp_path):
     make_predictions(tmp_path / "l.h5", leaky)
     with pytest.raises(ValueError, match="split leak: test image"):
         evaluate_file(tmp_path / "l.h5", GROUPS, tmp_path / "m.json", manifest_path=tmp_path / "l.parquet")
+
+
+# --- scores by hand on imbalanced data (balanced data hides several mistakes) -----------------
+
+def auc_by_hand(pos_scores, neg_scores) -> float:
+    """The fraction of (positive, negative) pairs ranked right, ties counting one half."""
+    pairs = [(p > n) + 0.5 * (p == n) for p in pos_scores for n in neg_scores]
+    return sum(pairs) / len(pairs)
+
+
+def test_balanced_accuracy_and_macro_auc_by_hand_on_an_imbalanced_split():
+    """BACC is the mean per-class recall, not the accuracy; AUC is the mean of the per-class
+    one-vs-rest AUCs, not weighted by class size (the two differ only on imbalanced data)."""
+    y = np.array([0, 0, 0, 0, 1, 1, 2])
+    logits = np.array([[3, 0, 0], [2, 1, 0], [1, 0, 0], [0, 1, 0], [0, 2, 1], [1, 0, 0], [0, 1, 2]], float)
+    m = compute_metrics(y, logits)
+    # predictions 0 0 0 1 1 0 2: recalls 3/4, 1/2, 1/1
+    assert m["bacc"] == pytest.approx((3 / 4 + 1 / 2 + 1) / 3)
+    assert m["accuracy"] == pytest.approx(5 / 7)
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    per_class = [auc_by_hand(probs[y == k, k], probs[y != k, k]) for k in range(3)]
+    assert m["auc"] == pytest.approx(np.mean(per_class))
+    assert abs(np.mean(per_class) - np.average(per_class, weights=[4, 2, 1])) > 0.01  # the test can tell
+
+
+def test_binary_auc_ranks_by_the_positive_class():
+    y = np.array([0, 0, 0, 1, 1])
+    logits = np.array([[2, 0], [1, 0], [0, 0.5], [0, 1], [0.5, 0]], float)
+    p1 = np.exp(logits[:, 1]) / np.exp(logits).sum(1)
+    want = auc_by_hand(p1[y == 1], p1[y == 0])
+    assert want == pytest.approx(5 / 6)
+    assert compute_metrics(y, logits)["auc"] == pytest.approx(want)
+
+
+def test_per_class_recall_keeps_a_class_absent_from_the_split():
+    y = np.array([0, 0, 1, 1])
+    logits = np.array([[2, 0, 0], [0, 2, 0], [0, 2, 0], [0, 2, 0]], float)
+    m = compute_metrics(y, logits, {"head": [0], "medium": [1], "tail": [2]})
+    assert m["per_class_recall"] == [0.5, 1.0, 0.0]
+    assert np.isclose(m["tail_bacc"], 0.0)
+
+
+def test_ece_by_hand_is_binned():
+    """Confidences 0.95 (two right) and 0.55 (one right, one wrong): bins |1 - .95| and
+    |.5 - .55|, each holding half the images: ECE 0.05, where one |accuracy - confidence| over
+    all images would be 0."""
+    def logit(p):
+        return np.log(p / (1 - p))
+
+    y = np.array([0, 0, 0, 1])
+    logits = np.array([[logit(0.95), 0], [logit(0.95), 0], [logit(0.55), 0], [logit(0.55), 0]])
+    assert compute_metrics(y, logits)["ece"] == pytest.approx(0.05)
