@@ -129,6 +129,11 @@ class IterativeClassifierCalibration(Stage2Method):
     """Needs the stage-1 encoder and the images: run by ``lmdlt train-stage2-encoder``."""
 
     needs_encoder = True
+
+    def __init__(self, params: dict, num_classes: int) -> None:
+        super().__init__(params, num_classes)
+        # reference: the first E-step's first batch (the M-step's guard is mstep.divergence)
+        self.e_divergence = DivergenceGuard("E-step")
     params = {
         **MSTEP_PARAMS,
         "iterations": {"type": "integer", "minimum": 1, "default": 200,
@@ -229,8 +234,7 @@ class IterativeClassifierCalibration(Stage2Method):
         opt_m = None
         best = {"iteration": 0, "val_bacc": -1.0, "net": None, "layer": None}
         self.history = []
-        # reference: the first E-step's first batch (the M-step's guard is mstep.divergence)
-        self.e_divergence = DivergenceGuard("E-step")
+        self.e_divergence = DivergenceGuard("E-step")  # a fresh reference per fit
         start = 0
         saved = self.resume.load(device) if self.resume is not None else None
         if saved is not None:
