@@ -182,3 +182,15 @@ def test_each_rescorer_gives_the_methods_own_logits(name):
     state = {n: np.asarray(v) for n, v in method.state().items()}
     got = stage2_logits(name, state, p, test, stage1, method.summary())
     np.testing.assert_allclose(got, method.logits(test), rtol=1e-5, atol=1e-5)
+
+
+def test_without_images_verify_reads_an_image_cache_and_checks_every_split(tiny_experiment, tmp_path):
+    out = make_bundle(tiny_experiment, "ce", tmp_path / "ce.tar", images="none")
+    assert "images.h5" not in _members(out)
+    with pytest.raises(BundleError, match="holds no images"):
+        verify_bundle(out)
+    cache = next((tiny_experiment.parent / "image_cache").glob("*/images_8px.h5"))
+    result = verify_bundle(out, image_cache=cache)
+    assert verify_problems(result) == []
+    checks = [what for _, what, _, _ in result["checks"]]
+    assert any("of the train split re-extracted" in c for c in checks)
