@@ -66,7 +66,7 @@ SERVED_EXIT = re.compile(r"\blmdlt job server: job process \d+: exit (-?\d+)")
 HEARTBEAT_S, HEARTBEAT_MISSED = 60, 5
 #: commands that are not pipeline jobs (read-only, or the server itself): no job record
 NOT_JOBS = frozenset({"status", "job-server", "unlock", "validate-config", "show-split",
-                      "split-summary", "init"})
+                      "split-summary", "init", "bundle", "verify", "runs"})
 
 
 @dataclasses.dataclass
