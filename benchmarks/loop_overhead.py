@@ -129,15 +129,12 @@ def step_breakdown(data, min_run_time: float, reps: int) -> list[tuple[str, floa
         for v in terms.values():
             float(v.detach())
 
-    def with_guards():  # + the trainer's non-finite checks when it has them
+    def with_guards():  # + the trainer's per-step non-finite check
         terms = method.loss(net, x, y, 0)
         loss = sum(v.float() for v in terms.values())
-        if hasattr(trainer, "_check_loss"):
-            trainer._check_loss(loss, terms, 0, 1, None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if hasattr(trainer, "_check_grads"):
-            trainer._check_grads(named, 0, 1, None)
+        trainer._check_finite(loss, terms, named, 0, 1, None)  # loss and gradient norm, one sync
         opt.step()
         sched.step()
         method.after_step(net)
