@@ -528,7 +528,7 @@ def main() -> int:
                     help="a test left out of every run (one failing for reasons of its own)")
     args = ap.parse_args()
     groups = args.group or [g for g in GROUPS if g != "params"]  # params: on request (long)
-    survivors, total = [], 0
+    survivors, skipped, total = [], [], 0
     with tempfile.TemporaryDirectory() as tmp:
         tree = worktree(Path(tmp), args.uncommitted)
         try:
@@ -546,8 +546,10 @@ def main() -> int:
                     print(f"[{g}] {len(mutants)} mutants; tests: {' '.join(tests)}")
                     continue
                 if not tests or not run_tests(tree, tests, args.deselect):
-                    print(f"[{g}] the unmutated tests fail (or none found): fix them first", flush=True)
-                    return 2
+                    print(f"[{g}] SKIPPED: the unmutated tests fail (or none found): fix them, or "
+                          "--deselect a test failing for reasons of its own", flush=True)
+                    skipped.append(g)
+                    continue
                 total += len(mutants)
                 for f, old, new, what in mutants:
                     path = tree / f
@@ -575,6 +577,9 @@ def main() -> int:
     print(f"\n{total - len(survivors)} of {total} mutants killed; survivors: {len(survivors)}")
     for g, f, what, why in survivors:
         print(f"  {why}: [{g}] {f}: {what}")
+    if skipped:
+        print(f"groups not run (their unmutated tests fail): {', '.join(skipped)}")
+        return 2
     return 1 if survivors else 0
 
 
