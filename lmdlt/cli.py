@@ -20,29 +20,18 @@ def _json(text: str):
 
 
 def cmd_cache(a):
-    from .data.image_cache import build_image_cache
-    from .data.sources import source_from_config
-    from .io import provenance
+    from .data.image_cache import write_image_cache
 
-    src = source_from_config(a.dataset)
-    cfg = {"source": a.dataset["source"], "root": a.dataset.get("root"),
-           "options": a.dataset.get("options") or {}, "image_size": a.size}
-    n = build_image_cache(src, a.size, a.out, provenance("image_cache", cfg))
-    logging.info("cached %d images of %s at %s px in %s", n, src.name, a.size, a.out)
+    write_image_cache(a.dataset, a.size, a.out)  # logs what it cached, and what it skipped
 
 
 def cmd_split(a):
     from .config import validate_section
-    from .data.sources import source_from_config
-    from .data.splits import build_split, summary_text, write_manifest
-    from .io import provenance
+    from .data.splits import summary_text, write_split
 
     a.split = validate_section("split", a.split)  # defaults filled, for a hand-written section
-    index = source_from_config(a.dataset).index()
-    table = build_split(index, a.split, a.seed)
-    cfg = {"dataset": a.dataset, "split": a.split}
-    digest = write_manifest(a.out, table, index.class_names, provenance("split", cfg, seed=a.seed))
-    logging.info("split\n%s", summary_text(table, index.class_names, digest))
+    table, class_names, digest = write_split(a.dataset, a.split, a.seed, a.out)
+    logging.info("split\n%s", summary_text(table, class_names, digest))
 
 
 def cmd_show_split(a):
@@ -250,12 +239,6 @@ def cmd_status(a):
     print(status_text(a.path, include_all=a.all))
 
 
-def cmd_unlock(a):
-    from .run_lock import unlock
-
-    print(unlock(a.path, force=a.force))
-
-
 def cmd_bundle(a):
     from .bundle import bundle_summary, make_bundle
 
@@ -281,6 +264,12 @@ def cmd_runs(a):
 
     print_runs(a.results_dir, where=a.where, columns=a.columns, csv=a.csv, parquet=a.parquet,
                all_columns=a.all_columns)
+
+
+def cmd_unlock(a):
+    from .run_lock import unlock
+
+    print(unlock(a.path, force=a.force))
 
 
 STAGE1_PARAMS_HELP = ("the encoder's stage-1 variant config (JSON, as train-stage1 --params got "
