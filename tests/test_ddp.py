@@ -370,6 +370,7 @@ def _free_ports(n):
     return ports
 
 
+@pytest.mark.slow  # two DDP processes, killed and resumed: ~40 s
 def test_ddp_resume_gives_each_rank_its_own_random_stream_back(data, tmp_path):
     """A 2-process run stopped in epoch 2 and resumed ends with the uninterrupted run's weights:
     each rank's random stream (here GCL's noise; augmentation draws per-sample seeds) is saved

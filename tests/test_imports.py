@@ -237,6 +237,7 @@ def test_a_catalog_under_another_key_is_never_read(tmp_path, monkeypatch):
         assert json.loads(path.read_text())["key"] == key
 
 
+@pytest.mark.slow  # three catalog builds in fresh interpreters: ~20 s
 def test_an_edited_or_new_method_file_rebuilds_the_catalog(tmp_path):
     """In a copy of the package: a changed params default and a new method module are seen by
     the next parse with no extra step (the key hashes every package source)."""

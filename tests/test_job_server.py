@@ -456,6 +456,7 @@ def test_a_server_with_cuda_initialised_forks_no_job(socket_path, monkeypatch, c
         proc.terminate()
 
 
+@pytest.mark.slow  # imports every method module in a fresh interpreter: ~30-50 s
 def test_the_preload_never_asks_cuda_anything():
     """torch.cuda.is_available() calls cuInit (unless PYTORCH_NVML_BASED_CUDA_CHECK=1): no
     preloaded module may call it, nor anything else that initialises CUDA, at import."""

@@ -151,6 +151,7 @@ def test_pace_leaves_out_the_steps_done_before(monkeypatch):
 
 # --- stage 1 through the CLI: a log file (Snakemake) and a pseudo-terminal ----------------------
 
+@pytest.mark.slow  # a training run in a subprocess: ~25-60 s on the 2-core CPU
 def test_training_into_a_log_file_writes_one_line_per_epoch_and_no_bar(data, tmp_path):
     root = tmp_path / "results" / "digits"
     out = root / "seed0" / "stage1" / "ce" / "model.pt"
@@ -174,6 +175,7 @@ def test_training_into_a_log_file_writes_one_line_per_epoch_and_no_bar(data, tmp
     assert (job.state, job.progress) == ("done", "epoch 3/3")
 
 
+@pytest.mark.slow  # a training run in a subprocess: ~20 s
 def test_training_on_a_terminal_draws_bars_with_the_epoch_lines_above_them(data, tmp_path):
     master, slave = os.openpty()
     proc = subprocess.Popen(cli(data, tmp_path / "model.pt", epochs=2), stdin=subprocess.DEVNULL,
