@@ -303,3 +303,22 @@ def test_ece_by_hand_is_binned():
     y = np.array([0, 0, 0, 1])
     logits = np.array([[logit(0.95), 0], [logit(0.95), 0], [logit(0.55), 0], [logit(0.55), 0]])
     assert compute_metrics(y, logits)["ece"] == pytest.approx(0.05)
+
+
+def test_non_finite_logits_are_refused_and_train_counts_come_from_the_training_split(tmp_path):
+    """evaluate_file: a NaN logit is an error naming the split, never a score; the record's
+    training counts (the head/medium/tail groups are derived from them) are the training
+    split's, not the scored split's."""
+    rows_ = [(f"train{i}", int(i >= 5), "train", f"l{i}") for i in range(6)]  # 5 a, 1 b
+    rows_ += [(f"{s}{i}", i % 2, s, f"l{s}{i}") for s in ("val", "test") for i in range(4)]
+    table = make_manifest(tmp_path / "m.parquet", rows_)
+    make_predictions(tmp_path / "p.h5", table)
+    rec = evaluate_file(tmp_path / "p.h5", None, tmp_path / "m.json", manifest_path=tmp_path / "m.parquet")
+    assert rec["train_counts"] == [5, 1]
+    with h5py.File(tmp_path / "p.h5", "a") as f:
+        logits = f["test/logits"][:]
+        logits[1, 0] = np.nan
+        f["test/logits"][...] = logits
+    with pytest.raises(ValueError, match="non-finite logits in the test split"):
+        evaluate_file(tmp_path / "p.h5", None, tmp_path / "m2.json", manifest_path=tmp_path / "m.parquet")
+    assert not (tmp_path / "m2.json").exists()
