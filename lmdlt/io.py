@@ -130,13 +130,9 @@ def _remove_stale_temporaries(final: Path) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from .status import process_alive  # stdlib only; lazy, as io is imported everywhere
+
+    return process_alive(pid)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

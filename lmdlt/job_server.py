@@ -438,15 +438,10 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int]) -> None:
 
 
 def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """The owner (Snakemake) lives; no owner given: the server runs until stopped."""
+    from .status import process_alive
+
+    return pid is None or process_alive(pid)
 
 
 def serve(path: str, owner_pid: int | None = None, idle_timeout: float | None = None,
