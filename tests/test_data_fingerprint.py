@@ -253,3 +253,41 @@ def test_a_missing_data_stamp_is_adopted_only_by_outputs_that_record_no_other_da
     os.remove(stamp)
     write_stamp(str(out), '{"sha256": "a"}', "data", adopt=lambda outputs: False)
     assert stamp_is_newer(str(out), "data")
+
+
+def test_fingerprint_covers_the_class_list_and_the_shared_data_files(tmp_path):
+    """The class names list itself (a class without images renamed, which no row shows) and the
+    files many images are decoded from (a MedMNIST .npz rewritten with other pixels, labels
+    kept: no row changes either)."""
+    import pandas as pd
+
+    from lmdlt.data.fingerprint import compute_fingerprint
+    from lmdlt.data.sources import Source, SourceIndex, get_source
+
+    class Listed(Source):
+        name = "listed"
+
+        def __init__(self, names):
+            super().__init__()
+            self.names = names
+
+        def index(self):
+            return SourceIndex(pd.DataFrame({"id": ["x", "y"], "label": [0, 1]}), list(self.names))
+
+        def images(self, table, size):
+            raise NotImplementedError
+
+    a = compute_fingerprint(Listed(["A", "B", "C"])).sha256
+    assert compute_fingerprint(Listed(["A", "B", "D"])).sha256 != a
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for fold, n in (("train", 6), ("val", 2), ("test", 2)):
+        arrays[f"{fold}_images"] = rng.integers(0, 256, (n, 8, 8), dtype=np.uint8)
+        arrays[f"{fold}_labels"] = (np.arange(n) % 2).reshape(-1, 1)
+    np.savez(tmp_path / "m.npz", **arrays)
+    src = get_source("medmnist", str(tmp_path), {"file": "m.npz"})
+    before = compute_fingerprint(src, "content").sha256
+    arrays["train_images"] = 255 - arrays["train_images"]
+    np.savez(tmp_path / "m.npz", **arrays)
+    assert compute_fingerprint(get_source("medmnist", str(tmp_path), {"file": "m.npz"}), "content").sha256 != before

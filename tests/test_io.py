@@ -148,3 +148,15 @@ def test_feature_extraction_killed_mid_write(trained, tmp_path):
     for split in ("train", "val", "test"):
         np.testing.assert_array_equal(a[split]["features"], b[split]["features"])
         assert list(a[split]["ids"]) == list(b[split]["ids"])
+
+
+def test_check_config_hash_refuses_an_artefact_made_for_another_config(tmp_path):
+    from lmdlt.io import ProvenanceError, check_config_hash, sha256_json
+
+    made_for = provenance("stage1", {"method": "ce", "epochs": 3})
+    check_config_hash("model.pt", made_for, {"epochs": 3, "method": "ce"}, "features.h5", "stage-1")
+    with pytest.raises(ProvenanceError, match=r"model\.pt was made for another stage-1 config "
+                                              rf"\(config_hash {made_for['config_hash']}; method 'ce'\) "
+                                              rf"than features\.h5 is being made for \(config_hash "
+                                              rf"{sha256_json({'method': 'ce', 'epochs': 4})}\)"):
+        check_config_hash("model.pt", made_for, {"method": "ce", "epochs": 4}, "features.h5", "stage-1")

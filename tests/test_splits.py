@@ -185,3 +185,48 @@ def test_an_empty_or_one_image_class_is_caught_from_the_index(tmp_path, counts, 
     cfg = validate_config(cfg)
     with pytest.raises(ValueError, match=message):
         check_data(cfg["dataset"], cfg["split"], cfg["seeds"])
+
+
+# --- the split's own guards and its leak report, each on a table made by hand ------------------
+
+def test_an_image_id_twice_in_a_split_is_a_leak():
+    from lmdlt.data.splits import check_disjoint
+
+    table = pd.DataFrame({"id": ["a", "b", "a"], "label": [0, 1, 0], "split": ["train", "val", "test"]})
+    with pytest.raises(ValueError, match="split leak: image id 'a' appears more than once"):
+        check_disjoint(table)
+
+
+def test_the_leak_report_counts_only_the_images_whose_group_is_in_training():
+    from lmdlt.data.splits import group_overlap
+
+    table = pd.DataFrame({"id": list("abcdef"), "label": [0, 1, 0, 1, 0, 1],
+                          "split": ["train", "train", "val", "val", "test", "test"],
+                          "group": ["p1", "p2", "p1", "p3", "p4", "p2"]})
+    report = group_overlap(table)
+    assert (report["val_images_with_train_group"], report["val_images"]) == (1, 2)
+    assert (report["test_images_with_train_group"], report["test_images"]) == (1, 2)
+    assert (report["train_val_groups"], report["train_test_groups"], report["val_test_groups"]) == (1, 1, 0)
+
+
+def test_a_split_without_an_image_of_some_class_is_refused():
+    idx = SourceIndex(pd.DataFrame({"id": [f"i{i}" for i in range(6)], "label": [0, 1, 0, 1, 0, 0],
+                                    "fold": ["train", "train", "val", "test", "test", "val"]}), ["a", "b"])
+    with pytest.raises(ValueError, match=r"split 'val' has no image of classes \['b'\]"):
+        build_split(idx, {"protocol": "predefined", "folds": None}, 0)
+
+
+def test_a_small_class_keeps_one_val_and_one_test_image():
+    """round(4 x 0.1) = 0: a class of at least 3 images still gets one val and one test image."""
+    idx = SourceIndex(pd.DataFrame({"id": [f"i{i}" for i in range(24)], "label": [0] * 20 + [1] * 4}),
+                      ["big", "small"])
+    counts = split_counts(build_split(idx, {"protocol": "random", "val_fraction": 0.1,
+                                            "test_fraction": 0.1}, 0), ["big", "small"])
+    assert counts.loc["small"].tolist() == [2, 1, 1, 4]
+    assert counts.loc["big"].tolist() == [16, 2, 2, 20]
+
+
+def test_cui_n_cap_sets_the_head_class_count(digits):
+    counts = split_counts(build_split(digits, {**CUI, "imbalance_ratio": 10, "n_cap": 100}, 0),
+                          digits.class_names)
+    assert max(counts["train"]) == 100  # without n_cap: the fewest images a class has left, 129
