@@ -160,3 +160,19 @@ def test_check_config_hash_refuses_an_artefact_made_for_another_config(tmp_path)
                                               rf"than features\.h5 is being made for \(config_hash "
                                               rf"{sha256_json({'method': 'ce', 'epochs': 4})}\)"):
         check_config_hash("model.pt", made_for, {"method": "ce", "epochs": 4}, "features.h5", "stage-1")
+
+
+def test_extraction_refuses_a_checkpoint_of_another_stage1_config(stage1, tmp_path):
+    """The checkpoint records its variant's config hash; extracting for another variant is
+    refused naming both, before anything is written."""
+    from lmdlt.io import ProvenanceError
+
+    made_for = validate_variant("stage1", {"method": "ce", "epochs": 1, "batch_size": 64})
+    other = {**made_for, "epochs": 2}
+    with pytest.raises(ProvenanceError, match=r"model\.pt was made for another stage-1 config"):
+        extract_features(stage1 / "model.pt", stage1 / "split.parquet", stage1 / "images.h5",
+                         tmp_path / "f.h5", threads=1, device="cpu", stage1_params=other)
+    assert not (tmp_path / "f.h5").exists()
+    extract_features(stage1 / "model.pt", stage1 / "split.parquet", stage1 / "images.h5",
+                     tmp_path / "f.h5", threads=1, device="cpu", stage1_params=made_for)
+    assert FeatureSet(tmp_path / "f.h5")["test"]["features"].shape[0] > 0

@@ -146,3 +146,23 @@ def test_stage2_refuses_features_of_another_checkpoint_or_split(tmp_path):
                                          r"but s{64} in its provenance record"):
         run_stage2(tmp_path / "f.h5", cfg, 0, tmp_path / "p.h5", threads=1)
     assert not (tmp_path / "p.h5").exists()
+
+
+def test_stage2_refuses_features_of_another_stage1_config(tmp_path):
+    """The features record their encoder's stage-1 config hash; a stage-2 run made for another
+    stage-1 variant is refused naming both, and runs for the recorded one."""
+    from lmdlt.io import ProvenanceError, h5_read_provenance, h5_write_provenance, sha256_json
+
+    write_features(tmp_path / "f.h5")
+    s1 = {"method": "ce", "epochs": 3}
+    with h5py.File(tmp_path / "f.h5", "a") as f:
+        prov = h5_read_provenance(f)
+        prov["parents"]["stage1_config"] = sha256_json(s1)
+        h5_write_provenance(f, prov)
+    cfg = validate_variant("stage2", {"method": "ncm"})
+    with pytest.raises(ProvenanceError, match=rf"f\.h5 was made for another stage-1 config \(config_hash "
+                                              rf"{sha256_json(s1)}\)"):
+        run_stage2(tmp_path / "f.h5", cfg, 0, tmp_path / "p.h5", threads=1, stage1_params={**s1, "epochs": 4})
+    assert not (tmp_path / "p.h5").exists()
+    run_stage2(tmp_path / "f.h5", cfg, 0, tmp_path / "p.h5", threads=1, stage1_params=s1)
+    assert (tmp_path / "p.h5").exists()
