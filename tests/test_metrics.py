@@ -322,3 +322,24 @@ def test_non_finite_logits_are_refused_and_train_counts_come_from_the_training_s
     with pytest.raises(ValueError, match="non-finite logits in the test split"):
         evaluate_file(tmp_path / "p.h5", None, tmp_path / "m2.json", manifest_path=tmp_path / "m.parquet")
     assert not (tmp_path / "m2.json").exists()
+
+
+def test_metrics_for_another_stage1_config_are_refused(tmp_path):
+    """The predictions record their encoder's stage-1 config hash: scoring them for another
+    stage-1 variant is an error naming both (no metrics written); for their own, it scores."""
+    from lmdlt.io import ProvenanceError, sha256_json
+
+    table = make_manifest(tmp_path / "m.parquet", rows())
+    make_predictions(tmp_path / "p.h5", table)
+    s1 = {"method": "ce", "epochs": 3}
+    with h5py.File(tmp_path / "p.h5", "a") as f:
+        h5_write_provenance(f, provenance("stage2", {}, {"split": content_hash(table),
+                                                         "stage1_config": sha256_json(s1)}, 0))
+    with pytest.raises(ProvenanceError, match=rf"p\.h5 was made for another stage-1 config "
+                                              rf"\(config_hash {sha256_json(s1)}\)"):
+        evaluate_file(tmp_path / "p.h5", None, tmp_path / "m.json", manifest_path=tmp_path / "m.parquet",
+                      stage1_params={**s1, "epochs": 4})
+    assert not (tmp_path / "m.json").exists()
+    evaluate_file(tmp_path / "p.h5", None, tmp_path / "m.json", manifest_path=tmp_path / "m.parquet",
+                  stage1_params=s1)
+    assert (tmp_path / "m.json").exists()
