@@ -153,3 +153,28 @@ def test_cb_wd_max_stage1_maxnorm_is_applied_at_every_epoch_end_of_a_training_ru
     assert max(before for before, _ in projections) > thresholds[0], "no row grew past the threshold"
     weight = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]["classifier.weight"]
     assert float(weight.norm(dim=1).max()) <= thresholds[0] * (1 + 1e-6)
+
+
+# --- options the mutation check found a method could ignore unnoticed ---------------------------
+
+@pytest.mark.parametrize("prior", [None, 0.1, 0.3])
+def test_cb_focal_prior_sets_the_initial_classifier_bias(prior):
+    """prior pi: every bias starts at -log((1 - pi) / pi) (Cui et al. Sec. 4); null keeps the
+    network's own initial bias."""
+    net = tiny_net()
+    before = net.classifier.bias.detach().clone()
+    method("cb_focal", net, prior=prior)
+    want = before if prior is None else torch.full_like(before, -math.log((1 - prior) / prior))
+    torch.testing.assert_close(net.classifier.bias.detach(), want)
+
+
+def test_cb_wd_max_stage1_max_norm_projects_after_every_step():
+    """max_norm (an absolute radius, our option): rows above it are scaled onto it after every
+    optimiser step, not only at the epoch's end."""
+    net = tiny_net()
+    with torch.no_grad():
+        net.classifier.weight.copy_(torch.zeros_like(net.classifier.weight))
+        net.classifier.weight[0, 0], net.classifier.weight[1, 0], net.classifier.weight[2, 0] = 4.0, 1.0, 0.2
+    m = method("cb_wd_max", net, steps_per_epoch=5, max_norm=0.5)
+    m.after_step(net)  # step 1 of 5
+    np.testing.assert_allclose(net.classifier.weight.norm(dim=1).detach().numpy(), [0.5, 0.5, 0.2, 0.0], atol=1e-7)
