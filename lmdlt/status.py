@@ -422,8 +422,6 @@ def job_started(command: str | None, heartbeat_s: float = HEARTBEAT_S) -> bool:
         return False
     pid = os.getpid()
     beat = heartbeat_s > 0 and os.utime in os.supports_fd
-    _log_line(f"lmdlt job: host {socket.gethostname()} pid {pid} start {process_start(pid)} "
-              f"heartbeat {max(1, round(heartbeat_s)) if beat else 0}s")
 
     def on_signal(signum, _frame):
         if os.getpid() == pid:  # not in a forked worker (DataLoader) that inherited it
@@ -441,6 +439,9 @@ def job_started(command: str | None, heartbeat_s: float = HEARTBEAT_S) -> bool:
                 signal.signal(signum, on_signal)
         except (ValueError, OSError):  # not the main thread
             break
+    # the record after the handlers: whoever sees it and signals the job gets "interrupted"
+    _log_line(f"lmdlt job: host {socket.gethostname()} pid {pid} start {process_start(pid)} "
+              f"heartbeat {max(1, round(heartbeat_s)) if beat else 0}s")
     if beat:
         threading.Thread(target=_heartbeat, args=(heartbeat_s,), daemon=True,
                          name="lmdlt-heartbeat").start()
