@@ -46,7 +46,8 @@ BASELINE_TESTS = ["tests/test_method_defaults.py", "tests/test_baselines_referen
                   "tests/test_stage2_contract.py"]
 
 # every test file of the methods (the options and params groups: a param of any method)
-METHOD_TESTS = [*BASELINE_TESTS, *LMD_TESTS, "tests/test_cc_sam.py", "tests/test_samplers.py"]
+METHOD_TESTS = [*BASELINE_TESTS, *LMD_TESTS, "tests/test_cc_sam.py", "tests/test_samplers.py",
+                "tests/test_method_options.py"]
 
 METRICS_TESTS = ["tests/test_metrics.py", "tests/test_report.py"]
 SPLITS_TESTS = ["tests/test_splits.py", "tests/test_longtail.py", "tests/test_sources.py",
