@@ -160,9 +160,11 @@ def test_every_docs_page_is_in_the_nav_once():
 def test_every_lmdlt_module_is_in_the_api_reference():
     """A module is documented when a docs/api page renders it (`::: lmdlt.x`) or a package
     above it with show_submodules."""
-    rendered, with_submodules = set(), set()
+    rendered, with_submodules, twice = set(), set(), []
     for page in (REPO / "docs" / "api").glob("*.md"):
         for m in re.finditer(r"^::: (lmdlt[\w.]*)\n((?:    .*\n)*)", page.read_text(), re.M):
+            if m.group(1) in rendered:  # two anchors for one object: mkdocs --strict refuses it
+                twice.append(m.group(1))
             rendered.add(m.group(1))
             if "show_submodules: true" in m.group(2):
                 with_submodules.add(m.group(1))
@@ -174,3 +176,4 @@ def test_every_lmdlt_module_is_in_the_api_reference():
         if not any(name.startswith(p + ".") for p in with_submodules):
             missing.append(name)
     assert not missing, f"add to a docs/api page: {missing}"
+    assert not twice, f"rendered on two docs/api pages: {twice}"
