@@ -14,7 +14,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import lmdlt.stage1.cb_wd_max as cb_wd_max
 import lmdlt.stage1.lcreg as lcreg
@@ -22,8 +21,6 @@ from lmdlt.config import validate_variant
 from lmdlt.models import build_network
 from lmdlt.stage1 import get_method
 from lmdlt.stage1.seesaw import seesaw_loss
-
-from conftest import build_digits_split
 
 K = 4
 COUNTS = np.array([100, 20, 5, 1])
@@ -123,7 +120,7 @@ def test_lcreg_isda_strength_is_ramped_over_the_epochs(monkeypatch):
         assert float(t["latent_aug"]) == pytest.approx(0.3 * bound, rel=1e-6)
 
 
-def test_cb_wd_max_stage1_maxnorm_is_applied_at_every_epoch_end_of_a_training_run(tmp_path, monkeypatch):
+def test_cb_wd_max_stage1_maxnorm_is_applied_at_every_epoch_end_of_a_training_run(digits, tmp_path, monkeypatch):
     """Kills: the per-epoch projection in ``WeightBalancing.after_step`` dropped, run per step, or
     never reached from the trainer. Two epochs on the digits benchmark with ``max_norm_thresh``:
     the projection runs once per epoch, at its last step, onto the threshold taken from the
@@ -143,10 +140,9 @@ def test_cb_wd_max_stage1_maxnorm_is_applied_at_every_epoch_end_of_a_training_ru
 
     monkeypatch.setattr(cb_wd_max, "max_norm_threshold", spy_threshold)
     monkeypatch.setattr(cb_wd_max, "max_norm_", spy_project)
-    build_digits_split(tmp_path)
     cfg = validate_variant("stage1", {"method": "cb_wd_max", "epochs": 2, "batch_size": 64, "lr": 0.2,
                                       "select": "last", "params": {"max_norm_thresh": 0.1}})
-    train_stage1(tmp_path / "split.parquet", tmp_path / "images.h5", cfg, 0, tmp_path / "model.pt",
+    train_stage1(digits / "split.parquet", digits / "images.h5", cfg, 0, tmp_path / "model.pt",
                  threads=1, device="cpu", precision="fp32")
     assert len(thresholds) == 1
     assert len(projections) == 2 and all(t == thresholds[0] for _, t in projections)

@@ -212,9 +212,8 @@ def test_fit_encoder_on_tiny_images_scores_every_split_and_repeats_per_seed(name
 
 
 @pytest.mark.parametrize("name", ENCODER_METHODS)
-def test_the_encoder_runner_hands_fit_encoder_the_training_and_validation_images_only(name, tmp_path, monkeypatch):
-    from conftest import build_digits_split
-
+def test_the_encoder_runner_hands_fit_encoder_the_training_and_validation_images_only(name, digits, tmp_path,
+                                                                                        monkeypatch):
     from lmdlt.data.splits import read_manifest
     from lmdlt.stage1.trainer import train_stage1
     from lmdlt.stage2.runner import run_stage2_encoder
@@ -224,13 +223,12 @@ def test_the_encoder_runner_hands_fit_encoder_the_training_and_validation_images
     real = cls.fit_encoder
     monkeypatch.setattr(cls, "fit_encoder", lambda self, net, images, gen, dev:
                         seen.append(images) or real(self, net, images, gen, dev))
-    build_digits_split(tmp_path)
     s1 = validate_variant("stage1", {"method": "ce", "epochs": 1, "batch_size": 64})
-    train_stage1(tmp_path / "split.parquet", tmp_path / "images.h5", s1, 0, tmp_path / "ce.pt",
+    train_stage1(digits / "split.parquet", digits / "images.h5", s1, 0, tmp_path / "ce.pt",
                  threads=1, device="cpu")
-    run_stage2_encoder(tmp_path / "ce.pt", tmp_path / "split.parquet", tmp_path / "images.h5",
+    run_stage2_encoder(tmp_path / "ce.pt", digits / "split.parquet", digits / "images.h5",
                        variant(name), 0, tmp_path / "p.h5", threads=1, device="cpu")
-    table, _ = read_manifest(tmp_path / "split.parquet")
+    table, _ = read_manifest(digits / "split.parquet")
     (images,) = seen
     assert sorted(images) == ["train", "val"]
     for split, (x, y) in images.items():
