@@ -46,8 +46,9 @@ BASELINE_TESTS = ["tests/test_method_defaults.py", "tests/test_baselines_referen
                   "tests/test_stage2_contract.py"]
 
 # every test file of the methods (the options and params groups: a param of any method)
-METHOD_TESTS = [*BASELINE_TESTS, *LMD_TESTS, "tests/test_cc_sam.py", "tests/test_samplers.py",
-                "tests/test_method_options.py"]
+# test_method_options first: it is the one that runs each method with each value of each param
+METHOD_TESTS = ["tests/test_method_options.py", *BASELINE_TESTS, *LMD_TESTS, "tests/test_cc_sam.py",
+                "tests/test_samplers.py"]
 
 METRICS_TESTS = ["tests/test_metrics.py", "tests/test_report.py"]
 SPLITS_TESTS = ["tests/test_splits.py", "tests/test_longtail.py", "tests/test_sources.py",
